@@ -1,0 +1,285 @@
+"""Compositions (12) and cascades of robust models with an accurate core model, from records.
+
+(12) H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x)
+
+Natural accuracy of H is exact from the records: at the clean x, H answers with F_robust where
+S(x) = 1 (``Selection.selected``) and with F_core elsewhere.
+
+Robust accuracy of H cannot be read off single-model records exactly; two evaluation rules are
+offered, both computed per point (see :func:`compose_points`):
+
+``paper`` (the paper's evaluation rule; an estimate, not a bound)
+    x robustly selected (S(x') = 1 on all of B_eps(x)) -> robust-accurate iff F_robust is accurate
+    and robust at eps; otherwise -> robust-accurate iff F_core is accurate and robust at eps.
+    It over-counts where S is not robustly 1 but flips to 1 somewhere in B_eps(x) (H may then
+    answer with a wrong F_robust(x')), including x itself when S(x) = 1 but x is not robustly
+    selected.
+``conservative``
+    x robustly selected -> F_robust robust-accurate at eps (as above); otherwise **both** F_robust
+    and F_core must be robust-accurate at eps, because S(x') may take either value in B_eps(x)
+    and records cannot show that S robustly abstains. Given the attacks' verdicts this is sound.
+
+An adaptive attack on H itself (attacks/, another stage) gives per-point evidence that tightens the
+rule: :func:`compose_adaptive` with the schema :data:`ADAPTIVE_COLUMNS`.
+
+Cascades (the paper's future work): a chain of robust models F_1, ..., F_K with selectors
+S_1, ..., S_K ending in F_core; x goes to the first F_k whose S_k selects it. The same two rules
+generalise (:func:`cascade`); a 2-composition is the cascade of length 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, ParamError
+from .metrics import align, by_index
+from .records import EMPIRICAL_COLUMNS, accurate, check, robust
+from .selectors import Selection, abstain_metrics, pareto_front
+
+RULES = ("paper", "conservative")
+
+#: Adaptive-attack evidence on a composition H (one CSV per composition, one row per test point):
+#:   index        test-set index of the point
+#:   h_adv_wrong  bool: the adaptive attack found x' in B_eps(x) with H(x') != y
+#: Optional columns (kept, not used here): h_adv_pred (H(x') at the attack's point).
+#: Rows are required for every point the rule counts as robust-accurate (only those can lose);
+#: other points may be missing.
+ADAPTIVE_COLUMNS = ["index", "h_adv_wrong"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A robust model (its empirical records) with the selector that routes points to it."""
+
+    name: str
+    records: pd.DataFrame
+    selection: Selection
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- per point
+def cascade_points(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
+                   selections: Sequence[Selection]) -> pd.DataFrame:
+    """Per-point outcome of the cascade F_1 -> ... -> F_K -> F_core (K >= 1; K = 1 is (12)).
+
+    Columns: ``index``, ``label``, ``h_pred`` (H(x) at the clean point), ``h_correct``,
+    ``stage`` (0-based index of the model answering x, K for the core),
+    ``robust_stage`` (first model that robustly selects x, K if none),
+    ``rob_acc_paper`` and ``rob_acc_conservative`` (the two rules of the module docstring):
+        paper:        the model at ``robust_stage`` is accurate and robust at eps;
+        conservative: every model at stages 0 ... robust_stage (the core included when no model
+                      robustly selects x) is accurate and robust at eps, since any earlier
+                      selector may flip to 1 somewhere in B_eps(x)."""
+    if len(models) == 0:
+        raise ParamError("a cascade needs at least one robust model")
+    if len(models) != len(selections):
+        raise ParamError(f"{len(models)} models but {len(selections)} selectors")
+    names = [f"model #{k + 1}" for k in range(len(models))] + ["core"]
+    dfs = align(*[check(m, EMPIRICAL_COLUMNS, n) for m, n in zip(models, names)],
+                check(core_df, EMPIRICAL_COLUMNS, "core records"), names=names)
+    index = dfs[0]["index"].to_numpy()
+    sels = [s.aligned_to(index) for s in selections]
+    K, n = len(models), len(index)
+
+    acc = np.stack([accurate(d) for d in dfs])                 # (K+1, n)
+    racc = np.stack([accurate(d) & robust(d, 1) for d in dfs])  # robust-accurate at eps
+    preds = np.stack([d["pred"].to_numpy() for d in dfs])
+
+    def first(mask: np.ndarray) -> np.ndarray:  # (K, n) -> first True row, K if none
+        m = np.vstack([mask, np.ones((1, n), dtype=bool)])
+        return m.argmax(0)
+
+    stage = first(np.stack([s.selected for s in sels]))
+    rstage = first(np.stack([s.robustly_selected for s in sels]))
+    cols = np.arange(n)
+    upto = np.arange(K + 1)[:, None] <= rstage[None, :]
+    return pd.DataFrame({
+        "index": index,
+        "label": dfs[-1]["label"].to_numpy(),
+        "h_pred": preds[stage, cols],
+        "h_correct": acc[stage, cols],
+        "stage": stage,
+        "robust_stage": rstage,
+        "rob_acc_paper": racc[rstage, cols],
+        "rob_acc_conservative": np.all(racc | ~upto, axis=0),
+    })
+
+
+def compose_points(robust_df: pd.DataFrame, core_df: pd.DataFrame,
+                   selection: Selection) -> pd.DataFrame:
+    """Per-point outcome of the composition (12); columns as :func:`cascade_points`. The adaptive
+    attack can use ``rob_acc_paper`` to attack only the points the rule counts."""
+    return cascade_points([robust_df], core_df, [selection])
+
+
+# ---------------------------------------------------------------------------------- metrics
+def _summarise(points: pd.DataFrame, core_df: pd.DataFrame, K: int) -> dict[str, Any]:
+    core = by_index(core_df, "core records")
+    core_nat = float(accurate(core).mean())
+    core_rob = float((accurate(core) & robust(core, 1)).mean())
+    out: dict[str, Any] = {
+        "n": int(len(points)),
+        "nat_acc": float(points["h_correct"].mean()),
+        "rob_acc": float(points["rob_acc_paper"].mean()),
+        "rob_acc_conservative": float(points["rob_acc_conservative"].mean()),
+        "core_nat_acc": core_nat,
+        "core_rob_acc": core_rob,
+    }
+    out["d_nat_acc"] = out["nat_acc"] - core_nat
+    out["d_rob_acc"] = out["rob_acc"] - core_rob
+    out["routed"] = [float((points["stage"] == k).mean()) for k in range(K + 1)]
+    out["robustly_routed"] = [float((points["robust_stage"] == k).mean()) for k in range(K)]
+    return out
+
+
+def compose_rule(robust_df: pd.DataFrame, core_df: pd.DataFrame,
+                 selection: Selection) -> dict[str, Any]:
+    """The composition (12) H = S F_robust + (1 - S) F_core, scored from records.
+
+    Keys: ``nat_acc`` (R_nat of H, exact), ``rob_acc`` (R_rob^acc by the paper's rule),
+    ``rob_acc_conservative`` (module docstring), ``selected`` (P[S(x) = 1]), ``rob_sel``
+    (R_rob^sel), ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``, ``d_rob_acc`` (H minus core),
+    ``n``."""
+    pts = compose_points(robust_df, core_df, selection)
+    out = _summarise(pts, core_df, 1)
+    out["selected"] = out["routed"][0]
+    out["rob_sel"] = out["robustly_routed"][0]
+    del out["routed"], out["robustly_routed"]
+    return out
+
+
+def _adaptive_wrong(adaptive_df: pd.DataFrame, index: np.ndarray, need: np.ndarray) -> np.ndarray:
+    check(adaptive_df, ADAPTIVE_COLUMNS, "adaptive records")
+    a = by_index(adaptive_df, "adaptive records").set_index("index")["h_adv_wrong"]
+    extra = set(a.index.tolist()) - set(index.tolist())
+    if extra:
+        raise DataError(f"adaptive records hold test points the records lack, e.g. {sorted(extra)[:5]}")
+    a = a.reindex(index)
+    missing = need & a.isna().to_numpy()
+    if missing.any():
+        raise DataError(f"adaptive records lack {int(missing.sum())} points the rule counts as "
+                        f"robust-accurate, e.g. index {index[missing][:5].tolist()}")
+    vals = a.to_numpy()
+    if a.dtype == object:
+        vals = np.array([str(v).strip().lower() in ("true", "1", "1.0") if v == v else False
+                         for v in vals])
+    return np.nan_to_num(vals.astype(float), nan=0.0).astype(bool)
+
+
+def compose_adaptive(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection,
+                     adaptive_df: pd.DataFrame) -> dict[str, Any]:
+    """The paper's rule (12) tightened with an adaptive attack on H (schema :data:`ADAPTIVE_COLUMNS`).
+
+    adaptive robust-accurate(x) = rule robust-accurate(x) AND H(x) = y AND NOT h_adv_wrong(x).
+    (x is in B_eps(x), so H(x) != y already breaks robustness; the rule misses it for points
+    selected but not robustly selected.) Keys: those of :func:`compose_rule` plus
+    ``rob_acc_adaptive``, ``gap`` (rule minus adaptive, >= 0) and ``n_overcounted`` (points the
+    rule counts but the adaptive evidence refutes)."""
+    pts = compose_points(robust_df, core_df, selection)
+    out = compose_rule(robust_df, core_df, selection)
+    rule = pts["rob_acc_paper"].to_numpy()
+    wrong = _adaptive_wrong(adaptive_df, pts["index"].to_numpy(), rule)
+    adaptive = rule & pts["h_correct"].to_numpy() & ~wrong
+    out["rob_acc_adaptive"] = float(adaptive.mean())
+    out["gap"] = out["rob_acc"] - out["rob_acc_adaptive"]
+    out["n_overcounted"] = int((rule & ~adaptive).sum())
+    return out
+
+
+def cascade(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
+            selections: Sequence[Selection]) -> dict[str, Any]:
+    """A cascade F_1 -> ... -> F_K -> F_core, ordered from the most robust-selective model.
+
+    At the clean x, x goes to the first F_k with S_k(x) = 1, else to F_core (natural accuracy,
+    exact). Robust accuracy by two rules (see :func:`cascade_points`):
+        ``rob_acc`` ("paper" rule analog, an estimate like the paper's): x goes to the first F_k
+            that robustly selects it; being not robustly selected by an earlier model counts as
+            "moves on", although the records cannot prove that the earlier selector robustly
+            abstains. Robust-accurate iff that model (or the core) is robust-accurate at eps.
+        ``rob_acc_conservative``: every model up to and including the first robustly selecting
+            one (and the core if none does) must be robust-accurate at eps.
+    Further keys: ``nat_acc``, ``routed`` (share answered at the clean point by each stage, core
+    last), ``robustly_routed`` (share robustly selected first by each model), ``core_*``, ``d_*``."""
+    pts = cascade_points(models, core_df, selections)
+    return _summarise(pts, core_df, len(models))
+
+
+# ---------------------------------------------------------------------------------- search
+def _rule_key(rule: str) -> str:
+    if rule not in RULES:
+        raise ParamError(f"rule must be one of {list(RULES)}, got {rule!r}")
+    return "rob_acc" if rule == "paper" else "rob_acc_conservative"
+
+
+def _score(m: dict[str, Any], key: str, max_nat_drop: float | None) -> tuple:
+    feasible = max_nat_drop is None or m["nat_acc"] >= m["core_nat_acc"] - max_nat_drop - 1e-12
+    return (bool(feasible), round(m[key], 12), round(m["nat_acc"], 12))
+
+
+def best_composition(candidates: Sequence[Candidate], core_df: pd.DataFrame,
+                     max_nat_drop: float | None = 0.01, rule: str = "paper") -> dict[str, Any]:
+    """The 2-composition (12) with the highest robust accuracy (by ``rule``) among those losing at
+    most ``max_nat_drop`` natural accuracy against the core (None: no constraint); if none meets
+    the constraint, the best overall, with ``feasible = False``. Ties: higher natural accuracy,
+    then the earlier candidate. Keys: ``name``, ``candidate``, ``metrics``, ``feasible``."""
+    if not candidates:
+        raise ParamError("best_composition needs at least one candidate")
+    key = _rule_key(rule)
+    best = None
+    for c in candidates:
+        m = compose_rule(c.records, core_df, c.selection)
+        s = _score(m, key, max_nat_drop)
+        if best is None or s > best[0]:
+            best = (s, c, m)
+    s, c, m = best
+    return {"name": c.name, "candidate": c, "metrics": m, "feasible": s[0]}
+
+
+def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
+                 max_nat_drop: float | None = 0.01, rule: str = "paper",
+                 max_length: int = 4) -> dict[str, Any]:
+    """Greedy cascade search along the Pareto front, compared with the best 2-composition.
+
+    1. The front: candidates whose abstain model is Pareto-optimal in (R_rob^sel, robust accuracy
+       on selected) (Figure 3), e.g. the beta sweep's ERI selectors and SR thresholds.
+    2. Start from the best single 2-composition over **all** candidates (:func:`best_composition`).
+    3. Repeatedly insert the front candidate (of a model not yet in the chain) at the position that
+       most improves the score (feasible under ``max_nat_drop``, then robust accuracy by ``rule``,
+       then natural accuracy); stop when nothing improves or the chain has ``max_length`` models.
+    Keys: ``chain`` (names), ``metrics`` (:func:`cascade`), ``best_single`` (name, metrics),
+    ``beats_single`` (bool), ``gain`` (robust-accuracy gain over the best single), ``front``."""
+    key = _rule_key(rule)
+    if max_length < 1:
+        raise ParamError(f"max_length must be >= 1, got {max_length}")
+    single = best_composition(candidates, core_df, max_nat_drop, rule)
+    am = [abstain_metrics(c.records, c.selection) for c in candidates]
+    pts = [(m["rob_sel"], m["rob_acc_on_sel"]) for m in am]
+    front = [candidates[i] for i in pareto_front(pts)]
+    chain: list[Candidate] = [single["candidate"]]
+    metrics = cascade([c.records for c in chain], core_df, [c.selection for c in chain])
+    score = _score(metrics, key, max_nat_drop)
+    while len(chain) < max_length:
+        used = {c.info.get("model", c.name) for c in chain}
+        best = None
+        for c in front:
+            if c.info.get("model", c.name) in used:
+                continue
+            for pos in range(len(chain) + 1):
+                trial = chain[:pos] + [c] + chain[pos:]
+                m = cascade([t.records for t in trial], core_df, [t.selection for t in trial])
+                s = _score(m, key, max_nat_drop)
+                if best is None or s > best[0]:
+                    best = (s, trial, m)
+        if best is None or not best[0] > score:
+            break
+        score, chain, metrics = best
+    gain = metrics[key] - single["metrics"][key]
+    return {"chain": [c.name for c in chain], "metrics": metrics,
+            "best_single": {"name": single["name"], "metrics": single["metrics"],
+                            "feasible": single["feasible"]},
+            "feasible": score[0], "beats_single": bool(len(chain) > 1 and gain > 1e-12),
+            "gain": float(gain), "rule": rule, "front": [c.name for c in front]}

@@ -1,0 +1,74 @@
+"""The paper's Figure 1 on the synthetic 3-Gaussians: decision regions of a standard, a TRADES and
+an ERA model (the ERA model fine-tuned from the TRADES one), with their robust accuracy and robust
+inaccuracy under 40-step APGD."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .data import Prepared
+from .evaluate import natural
+from .attacks.apgd import worst_case_predictions
+from .losses import LossConfig
+from .models.checkpoint import ModelSpec
+from .train import TrainConfig, fit
+
+
+def train_synthetic_models(data: Prepared, eps: float, train: dict, finetune: dict, era_beta: float,
+                           trades_beta: float, pgd_steps: int, state_dir: str) -> dict:
+    spec = ModelSpec("mlp", data.input_shape, data.num_classes, tuple(data.mean), tuple(data.std), 64)
+    tr, va = data.split("train"), data.split("val")
+    models = {}
+    base_cfg = TrainConfig.from_params(train, "synthetic.train")
+    ft_cfg = TrainConfig.from_params(finetune, "synthetic.finetune")
+    for name, loss in (("standard", LossConfig("ce")),
+                       ("TRADES", LossConfig("trades", beta=trades_beta, eps=eps, pgd_steps=pgd_steps))):
+        torch.manual_seed(base_cfg.seed)
+        models[name], _ = fit(spec.build(), loss, tr, va, base_cfg, f"{state_dir}/synthetic_{name}.pt", desc=name)
+    era = spec.build()
+    era.load_state_dict(models["TRADES"].state_dict())
+    models["ERA"], _ = fit(era, LossConfig("era", beta=era_beta, eps=eps, pgd_steps=pgd_steps), tr, va,
+                           ft_cfg, f"{state_dir}/synthetic_ERA.pt", desc="ERA")
+    return models
+
+
+def robustness(model, x, y, eps, seed=0) -> dict:
+    pred, _ = natural(model, x)
+    adv, _ = worst_case_predictions(model, x, pred, eps, norm="linf", steps=40, restarts=1,
+                                    objective="ce", seed=seed, batch_size=1000, progress=False)
+    robust, acc = adv == pred, pred == y
+    return {"nat_acc": acc.float().mean().item(), "rob_acc": (robust & acc).float().mean().item(),
+            "rob_inacc": (robust & ~acc).float().mean().item(), "robust": robust.numpy(), "acc": acc.numpy()}
+
+
+def plot_figure1(models: dict, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0):
+    """Return (figure, metrics per model)."""
+    grid = torch.linspace(0, 1, 300)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    pts = torch.stack([gx.flatten(), gy.flatten()], 1)
+    colors = np.array(["#4c72b0", "#dd8452", "#55a868"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), sharey=True)
+    out = {}
+    for ax, (name, model) in zip(axes, models.items()):
+        region, _ = natural(model, pts)
+        ax.imshow(region.view(300, 300).numpy(), origin="lower", extent=(0, 1, 0, 1), alpha=0.25,
+                  cmap=matplotlib.colors.ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
+        m = robustness(model, x, y, eps, seed)
+        out[name] = {k: v for k, v in m.items() if k not in ("robust", "acc")}
+        xs, ys = x.numpy(), y.numpy()
+        ra, ri = m["robust"] & m["acc"], m["robust"] & ~m["acc"]
+        ax.scatter(xs[ra, 0], xs[ra, 1], c=colors[ys[ra]], s=6, label="robust & accurate")
+        ax.scatter(xs[~m["robust"], 0], xs[~m["robust"], 1], facecolors="none", edgecolors="grey", s=10,
+                   linewidths=0.5, label="non-robust")
+        ax.scatter(xs[ri, 0], xs[ri, 1], c="red", marker="x", s=18, label="robust & inaccurate")
+        ax.set_title(f"{name}\nR_rob^acc {100 * m['rob_acc']:.1f}%  R_rob^-acc {100 * m['rob_inacc']:.1f}%",
+                     fontsize=10)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_aspect("equal")
+    axes[0].legend(loc="lower left", fontsize=7, framealpha=0.8)
+    fig.suptitle(f"Figure 1: decision regions on 3 Gaussians, Linf eps = {eps} (APGD-40)", fontsize=11)
+    return fig, out

@@ -1,0 +1,79 @@
+"""Reading params.yaml (safely) and validating values with messages that name the key."""
+
+from __future__ import annotations
+
+import math
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Type, TypeVar
+
+import yaml
+
+from .errors import ParamError
+
+E = TypeVar("E", bound=Enum)
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"params file not found: {path}")
+    with open(path) as f:
+        params = yaml.safe_load(f)
+    if not isinstance(params, dict):
+        raise ParamError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def section(params: dict, name: str) -> dict:
+    if name not in params or not isinstance(params[name], dict):
+        raise ParamError(f"params.yaml has no section '{name}'")
+    return params[name]
+
+
+def number(value: Any, key: str, *, min: float | None = None, max: float | None = None,
+           strict_min: bool = False, integer: bool = False) -> float | int:
+    """Validate a number: finite, of the right type, within [min, max] (or (min, max] if strict)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamError(f"{key} must be a number, got {value!r}")
+    if integer and not float(value).is_integer():
+        raise ParamError(f"{key} must be an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ParamError(f"{key} must be finite, got {value!r}")
+    if min is not None and (value < min or (strict_min and value == min)):
+        op = ">" if strict_min else ">="
+        raise ParamError(f"{key} must be {op} {min}, got {value!r}")
+    if max is not None and value > max:
+        raise ParamError(f"{key} must be <= {max}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def positive(value: Any, key: str) -> float:
+    return number(value, key, min=0, strict_min=True)
+
+
+def non_negative(value: Any, key: str) -> float:
+    return number(value, key, min=0)
+
+
+def count(value: Any, key: str, min: int = 1) -> int:
+    return number(value, key, min=min, integer=True)
+
+
+def probability(value: Any, key: str) -> float:
+    return number(value, key, min=0, max=1)
+
+
+def choice(value: Any, key: str, options: Iterable[str]) -> str:
+    options = list(options)
+    if value not in options:
+        raise ParamError(f"{key} must be one of {options}, got {value!r}")
+    return value
+
+
+def enum(value: Any, key: str, cls: Type[E]) -> E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise ParamError(f"{key} must be one of {[m.value for m in cls]}, got {value!r}") from None

@@ -1,0 +1,54 @@
+"""Library functions behind the training stages, so stage scripts stay thin and tests can call them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data import Prepared
+from .errors import ParamError
+from .losses import LossConfig
+from .models.checkpoint import ModelSpec, load_model, save_model
+from .params import choice, count
+from .train import TrainConfig, fit
+
+
+def model_spec(p: dict, data: Prepared, prefix: str) -> ModelSpec:
+    arch = choice(p.get("arch", "cnn"), f"{prefix}.arch", ["mlp", "cnn", "resnet18"])
+    width = p.get("width")
+    if width is not None:
+        width = count(width, f"{prefix}.width")
+    return ModelSpec(arch, data.input_shape, data.num_classes, tuple(data.mean), tuple(data.std), width)
+
+
+def train_model(p: dict, data: Prepared, out: str | Path, state_dir: str | Path, prefix: str,
+                init: str | Path | None = None, loss_override: dict | None = None, log=None) -> list[dict]:
+    """Train (or fine-tune from ``init``) the model a params section describes; save it to ``out``.
+
+    ``p`` holds ``arch``/``width`` (ignored when fine-tuning), ``loss`` and ``train`` mappings;
+    ``loss_override`` (e.g. the sweep's loss name and beta) is merged over ``p['loss']``."""
+    loss_p = {**(p.get("loss") or {}), **(loss_override or {})}
+    loss_cfg = LossConfig.from_params(loss_p, f"{prefix}.loss")
+    train_cfg = TrainConfig.from_params(p.get("train") or {}, f"{prefix}.train")
+    if init is not None:
+        model, spec, _ = load_model(init)
+    else:
+        spec = model_spec(p, data, prefix)
+        torch.manual_seed(train_cfg.seed)
+        model = spec.build()
+    state = Path(state_dir) / (Path(out).stem + ".state.pt")
+    model, history = fit(model, loss_cfg, data.split("train"), data.split("val"), train_cfg, state,
+                         log=log, desc=Path(out).stem)
+    save_model(model, spec, out, meta={"loss": loss_p, "train": p.get("train"), "history": history})
+    state.unlink(missing_ok=True)
+    return history
+
+
+def sweep_entry(sweep: dict, key: str) -> dict:
+    if key not in sweep:
+        raise ParamError(f"sweep has no entry {key!r}; entries: {sorted(sweep)}")
+    e = sweep[key]
+    if not isinstance(e, dict) or "name" not in e or "beta" not in e:
+        raise ParamError(f"sweep.{key} must be a mapping with 'name' and 'beta', got {e!r}")
+    return e

@@ -1,0 +1,169 @@
+"""Figures (matplotlib, Agg backend): pure functions, DataFrames in, a ``Figure`` out. The caller
+saves them with :func:`robust_abstain.io.save_figure` (PNG without timestamps).
+
+    Figure 2 analog  :func:`rob_acc_vs_rob_inacc`  robust accuracy vs robust inaccuracy over beta
+    Figure 3 analog  :func:`selection_pareto`      R_rob^sel vs robust accuracy on selected
+    Figure 4 analog  :func:`compositions`          natural vs robust accuracy of compositions
+    certified        :func:`certified_curves`      certified accuracy vs L2 radius
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ..selectors import pareto_front  # noqa: E402
+
+_LOSS_ORDER = ["trades", "era", "mart", "dga", "noise", "cra"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
+
+
+def _losses(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["loss"].tolist()))
+    return sorted(present, key=lambda l: (_LOSS_ORDER.index(l) if l in _LOSS_ORDER else 99, l))
+
+
+def _beta_label(b) -> str:
+    return "" if b is None or (isinstance(b, float) and math.isnan(b)) else f"β={b:g}"
+
+
+def _style(i: int) -> dict:
+    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def _sort_beta(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(_b=df["beta"].astype(float)).sort_values(["_b", "name"], kind="stable")
+
+
+def _pct_axes(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel + " [%]")
+    ax.set_ylabel(ylabel + " [%]")
+    ax.grid(True, alpha=0.3)
+
+
+def rob_acc_vs_rob_inacc(mdf: pd.DataFrame, eps: float) -> Figure:
+    """Figure 2 analog: R_rob^acc (y) against R_rob^-acc (x), one point per fine-tuned model
+    (labelled with beta), connected per loss (TRADES vs ERA, MART/DGA if present); the robust base
+    model as a black cross. Left panel at eps, right at 2 eps. ``mdf`` as for the summary table."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    tuned = mdf[mdf["role"].isin(["sweep", "headline"])]
+    base = mdf[mdf["role"] == "base"]
+    for ax, s, title in zip(axes, ("1x", "2x"), (f"ε = {eps:g}", f"2ε = {2 * eps:g}")):
+        for i, loss in enumerate(_losses(tuned)):
+            d = _sort_beta(tuned[tuned["loss"] == loss])
+            x, y = 100 * d[f"rob_inacc_{s}"].to_numpy(), 100 * d[f"rob_acc_{s}"].to_numpy()
+            ax.plot(x, y, label=loss.upper(), linewidth=1.2, markersize=6, **_style(i))
+            for xi, yi, b in zip(x, y, d["beta"]):
+                ax.annotate(_beta_label(b), (xi, yi), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7)
+            head = d[d["role"] == "headline"]
+            ax.scatter(100 * head[f"rob_inacc_{s}"], 100 * head[f"rob_acc_{s}"], s=140,
+                       facecolors="none", edgecolors="k", linewidths=1.2, zorder=5)
+        for _, r in base.iterrows():
+            ax.scatter([100 * r[f"rob_inacc_{s}"]], [100 * r[f"rob_acc_{s}"]], marker="x", c="k",
+                       s=60, zorder=6, label=f"base ({r['name']})")
+        _pct_axes(ax, "robust inaccuracy $R_{rob}^{-acc}$", "robust accuracy $R_{rob}^{acc}$")
+        ax.set_title(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Robust accuracy vs robust inaccuracy (circled: headline run)")
+    fig.tight_layout()
+    return fig
+
+
+def selection_pareto(adf: pd.DataFrame) -> Figure:
+    """Figure 3 analog: R_rob^sel (x) against robust accuracy on the selected points (y) of the
+    abstain models. Robustness-indicator selectors (ERI): one point per model, the Pareto front
+    over beta connected per loss. Softmax response (SR): one curve over tau per model with SR
+    evidence. ``adf`` columns: model, loss, beta, role, selector (``ERI`` or ``SR``), tau,
+    rob_sel, rob_acc_on_sel."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ri = adf[(adf["selector"] == "ERI") & adf["role"].isin(["sweep", "headline", "base"])]
+    for i, loss in enumerate(_losses(ri)):
+        d = ri[ri["loss"] == loss].reset_index(drop=True)
+        pts = list(zip(d["rob_sel"], d["rob_acc_on_sel"]))
+        st = _style(i)
+        ax.scatter(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], color=st["color"],
+                   marker=st["marker"], s=28, alpha=0.6)
+        front = pareto_front(pts)
+        if front:
+            f = d.iloc[front]
+            ax.plot(100 * f["rob_sel"], 100 * f["rob_acc_on_sel"], label=f"ERI, {loss.upper()}",
+                    **st)
+        for _, r in d.iterrows():
+            if np.isfinite(r["rob_acc_on_sel"]):
+                ax.annotate(_beta_label(r["beta"]) or r["model"],
+                            (100 * r["rob_sel"], 100 * r["rob_acc_on_sel"]),
+                            textcoords="offset points", xytext=(4, 3), fontsize=7)
+    sr = adf[adf["selector"] == "SR"]
+    for j, model in enumerate(dict.fromkeys(sr["model"].tolist())):
+        d = sr[sr["model"] == model].sort_values("tau")
+        d = d[np.isfinite(d["rob_acc_on_sel"].to_numpy(float))]
+        ax.plot(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], linestyle="--", linewidth=1.2,
+                color=f"C{(j + 5) % 10}", label=f"SR over τ, {model}")
+    _pct_axes(ax, "robust selection $R_{rob}^{sel}$", "robust accuracy on selected")
+    ax.set_title("Abstain models: robust selection vs robust accuracy (2ε rule)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | None = None) -> Figure:
+    """Figure 4 analog: natural accuracy (y) against robust accuracy (x, paper's rule) of the
+    compositions (12) with the core model (a star). ERI compositions connected over beta per loss;
+    SR compositions as a dashed curve over tau per robust model; the robust models alone as grey
+    markers when given. ``cdf`` columns: model, loss, beta, selector, tau, nat_acc, rob_acc;
+    ``core``: name, nat_acc, rob_acc."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    eri = cdf[cdf["selector"] == "ERI"]
+    for i, loss in enumerate(_losses(eri)):
+        d = _sort_beta(eri[eri["loss"] == loss])
+        ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], label=f"core + ERI({loss.upper()})",
+                linewidth=1.2, **_style(i))
+        for _, r in d.iterrows():
+            ax.annotate(_beta_label(r["beta"]) or r["model"], (100 * r["rob_acc"], 100 * r["nat_acc"]),
+                        textcoords="offset points", xytext=(4, 3), fontsize=7)
+    sr = cdf[cdf["selector"] == "SR"]
+    for j, model in enumerate(dict.fromkeys(sr["model"].tolist())):
+        d = sr[sr["model"] == model].sort_values("tau")
+        ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], linestyle="--", linewidth=1,
+                color=f"C{(j + 5) % 10}", label=f"core + SR over τ ({model})")
+    if robust_models is not None and len(robust_models):
+        ax.scatter(100 * robust_models["rob_acc_1x"], 100 * robust_models["nat_acc"], c="0.6",
+                   marker=".", s=40, label="robust models alone")
+    ax.scatter([100 * core["rob_acc"]], [100 * core["nat_acc"]], marker="*", s=260, c="gold",
+               edgecolors="k", zorder=6, label=f"core ({core['name']})")
+    ax.axhline(100 * core["nat_acc"], color="k", linewidth=0.6, linestyle=":")
+    _pct_axes(ax, "robust accuracy $R_{rob}^{acc}$ (rule)", "natural accuracy $R_{nat}$")
+    ax.set_title("Compositions with the core model")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def certified_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                     marks: tuple[float, ...] = ()) -> Figure:
+    """Certified robust accuracy against the L2 radius, one curve per smoothed model
+    (``curves``: name -> (radii, accuracy as fractions)); vertical lines at ``marks`` (eps, 2 eps)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (name, (r, a)) in enumerate(curves.items()):
+        ax.plot(r, 100 * np.asarray(a), color=f"C{i % 10}", label=name, linewidth=1.4)
+    for m in marks:
+        ax.axvline(m, color="k", linewidth=0.6, linestyle=":")
+    ax.set_xlabel("L2 radius r")
+    ax.set_ylabel("certified robust accuracy [%]")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("Certified accuracy of the smoothed classifiers")
+    if curves:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
