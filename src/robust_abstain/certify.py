@@ -208,10 +208,14 @@ def _fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if isinstance(t, torch.Tensor):
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:  # a module's extra state
+            h.update(repr(t).encode())
     return h.hexdigest()
 
 
+_READ = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # exact floats
 _DTYPES = {"index": "int64", "label": "int64", "pred": "int64", "conf": "float64",
            "smooth_pred": "int64", "cert_pred": "int64", "cert_radius": "float64"}
 
@@ -227,7 +231,7 @@ def _read_partial(partial: Path, meta: Path, key: dict, labels: dict[int, int]) 
         text = partial.read_text()
         if not text.endswith("\n"):  # a line torn by a crash mid-write: drop it
             text = text[:text.rfind("\n") + 1]
-        df = pd.read_csv(io.StringIO(text), on_bad_lines="skip", float_precision="round_trip")
+        df = pd.read_csv(io.StringIO(text), on_bad_lines="skip", **_READ)
     except (ValueError, OSError) as e:
         warnings.warn(f"cannot read {partial} ({e}); starting afresh")
         return None
@@ -304,7 +308,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(pos))
-    df = pd.read_csv(partial, float_precision="round_trip").astype(_DTYPES)
+    df = pd.read_csv(partial, **_READ).astype(_DTYPES)
     df = df[df["index"].isin(labels)].drop_duplicates("index").sort_values("index", kind="stable")
     df = df.reset_index(drop=True)[CERTIFIED_COLUMNS]
     if len(df) != len(idx):

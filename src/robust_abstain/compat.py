@@ -58,9 +58,12 @@ def _make_shim(provider: types.ModuleType) -> types.ModuleType:
                     kwargs.setdefault(key, value)
             super().__init__(model, **kwargs)
             if log_path is not None:
-                handler = logging.FileHandler(log_path)
-                handler.setLevel(logging.DEBUG)
-                self.logger.addHandler(handler)
+                import os
+                target = os.path.abspath(log_path)
+                if not any(getattr(h, "baseFilename", None) == target for h in self.logger.handlers):
+                    handler = logging.FileHandler(target)
+                    handler.setLevel(logging.DEBUG)
+                    self.logger.addHandler(handler)
                 if self.logger.level == logging.NOTSET or self.logger.level > logging.DEBUG:
                     self.logger.setLevel(logging.DEBUG)
 

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, ParamError
-from .metrics import align, by_index
+from .metrics import by_index
 from .records import EMPIRICAL_COLUMNS, accurate, check, robust
-from .selectors import Selection, abstain_metrics, pareto_front
+from .selectors import Selection, pareto_front
 
 RULES = ("paper", "conservative")
 
@@ -51,7 +51,7 @@ RULES = ("paper", "conservative")
 ADAPTIVE_COLUMNS = ["index", "h_adv_wrong"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Candidate:
     """A robust model (its empirical records) with the selector that routes points to it."""
 
@@ -62,6 +62,67 @@ class Candidate:
 
 
 # ---------------------------------------------------------------------------------- per point
+@dataclass(frozen=True)
+class _Arrays:
+    """One model's records as numpy arrays, sorted by index (computed once, reused in searches)."""
+
+    index: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    acc: np.ndarray    # F(x) = y
+    racc: np.ndarray   # F(x) = y and F robust on B_eps(x)
+
+
+def _arrays(df: pd.DataFrame, name: str) -> _Arrays:
+    d = by_index(check(df, EMPIRICAL_COLUMNS, name), name)
+    acc = accurate(d)
+    return _Arrays(d["index"].to_numpy(), d["label"].to_numpy(), d["pred"].to_numpy(), acc,
+                   acc & robust(d, 1))
+
+
+def _check_same_points(arrs: Sequence[_Arrays], names: Sequence[str]) -> None:
+    ref = arrs[-1]
+    for a, n in zip(arrs, names):
+        if len(a.index) != len(ref.index) or not np.array_equal(a.index, ref.index):
+            raise DataError(f"{n} and the core records cover different test points "
+                            f"({len(a.index)} vs {len(ref.index)} rows)")
+        if not np.array_equal(a.label, ref.label):
+            raise DataError(f"{n} and the core records disagree on labels")
+
+
+def _outcome(arrs: Sequence[_Arrays], sels: Sequence[Selection]) -> dict[str, np.ndarray]:
+    """Per-point cascade outcome; ``arrs`` = robust models then the core (last), all aligned."""
+    K, n = len(sels), len(arrs[-1].index)
+    acc = np.stack([a.acc for a in arrs])     # (K+1, n)
+    racc = np.stack([a.racc for a in arrs])
+
+    def first(rows: list[np.ndarray]) -> np.ndarray:  # first True row, K if none
+        return np.vstack(rows + [np.ones(n, dtype=bool)]).argmax(0)
+
+    stage = first([s.selected for s in sels])
+    rstage = first([s.robustly_selected for s in sels])
+    cols = np.arange(n)
+    upto = np.arange(K + 1)[:, None] <= rstage[None, :]
+    return {"stage": stage, "robust_stage": rstage,
+            "h_pred": np.stack([a.pred for a in arrs])[stage, cols],
+            "h_correct": acc[stage, cols],
+            "rob_acc_paper": racc[rstage, cols],
+            "rob_acc_conservative": np.all(racc | ~upto, axis=0)}
+
+
+def _prepare(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
+             selections: Sequence[Selection]) -> tuple[list[_Arrays], list[Selection]]:
+    if len(models) == 0:
+        raise ParamError("a cascade needs at least one robust model")
+    if len(models) != len(selections):
+        raise ParamError(f"{len(models)} models but {len(selections)} selectors")
+    names = [f"model #{k + 1}" for k in range(len(models))]
+    arrs = [_arrays(m, n) for m, n in zip(models, names)] + [_arrays(core_df, "core records")]
+    _check_same_points(arrs, names + ["core records"])
+    index = arrs[-1].index
+    return arrs, [s.aligned_to(index) for s in selections]
+
+
 def cascade_points(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
                    selections: Sequence[Selection]) -> pd.DataFrame:
     """Per-point outcome of the cascade F_1 -> ... -> F_K -> F_core (K >= 1; K = 1 is (12)).
@@ -74,39 +135,10 @@ def cascade_points(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
         conservative: every model at stages 0 ... robust_stage (the core included when no model
                       robustly selects x) is accurate and robust at eps, since any earlier
                       selector may flip to 1 somewhere in B_eps(x)."""
-    if len(models) == 0:
-        raise ParamError("a cascade needs at least one robust model")
-    if len(models) != len(selections):
-        raise ParamError(f"{len(models)} models but {len(selections)} selectors")
-    names = [f"model #{k + 1}" for k in range(len(models))] + ["core"]
-    dfs = align(*[check(m, EMPIRICAL_COLUMNS, n) for m, n in zip(models, names)],
-                check(core_df, EMPIRICAL_COLUMNS, "core records"), names=names)
-    index = dfs[0]["index"].to_numpy()
-    sels = [s.aligned_to(index) for s in selections]
-    K, n = len(models), len(index)
-
-    acc = np.stack([accurate(d) for d in dfs])                 # (K+1, n)
-    racc = np.stack([accurate(d) & robust(d, 1) for d in dfs])  # robust-accurate at eps
-    preds = np.stack([d["pred"].to_numpy() for d in dfs])
-
-    def first(mask: np.ndarray) -> np.ndarray:  # (K, n) -> first True row, K if none
-        m = np.vstack([mask, np.ones((1, n), dtype=bool)])
-        return m.argmax(0)
-
-    stage = first(np.stack([s.selected for s in sels]))
-    rstage = first(np.stack([s.robustly_selected for s in sels]))
-    cols = np.arange(n)
-    upto = np.arange(K + 1)[:, None] <= rstage[None, :]
-    return pd.DataFrame({
-        "index": index,
-        "label": dfs[-1]["label"].to_numpy(),
-        "h_pred": preds[stage, cols],
-        "h_correct": acc[stage, cols],
-        "stage": stage,
-        "robust_stage": rstage,
-        "rob_acc_paper": racc[rstage, cols],
-        "rob_acc_conservative": np.all(racc | ~upto, axis=0),
-    })
+    arrs, sels = _prepare(models, core_df, selections)
+    o = _outcome(arrs, sels)
+    cols = ["h_pred", "h_correct", "stage", "robust_stage", "rob_acc_paper", "rob_acc_conservative"]
+    return pd.DataFrame({"index": arrs[-1].index, "label": arrs[-1].label, **{c: o[c] for c in cols}})
 
 
 def compose_points(robust_df: pd.DataFrame, core_df: pd.DataFrame,
@@ -117,23 +149,33 @@ def compose_points(robust_df: pd.DataFrame, core_df: pd.DataFrame,
 
 
 # ---------------------------------------------------------------------------------- metrics
-def _summarise(points: pd.DataFrame, core_df: pd.DataFrame, K: int) -> dict[str, Any]:
-    core = by_index(core_df, "core records")
-    core_nat = float(accurate(core).mean())
-    core_rob = float((accurate(core) & robust(core, 1)).mean())
+def _summarise(o: dict[str, np.ndarray], core: _Arrays, K: int) -> dict[str, Any]:
+    core_nat, core_rob = float(core.acc.mean()), float(core.racc.mean())
     out: dict[str, Any] = {
-        "n": int(len(points)),
-        "nat_acc": float(points["h_correct"].mean()),
-        "rob_acc": float(points["rob_acc_paper"].mean()),
-        "rob_acc_conservative": float(points["rob_acc_conservative"].mean()),
+        "n": int(len(core.index)),
+        "nat_acc": float(o["h_correct"].mean()),
+        "rob_acc": float(o["rob_acc_paper"].mean()),
+        "rob_acc_conservative": float(o["rob_acc_conservative"].mean()),
         "core_nat_acc": core_nat,
         "core_rob_acc": core_rob,
     }
     out["d_nat_acc"] = out["nat_acc"] - core_nat
     out["d_rob_acc"] = out["rob_acc"] - core_rob
-    out["routed"] = [float((points["stage"] == k).mean()) for k in range(K + 1)]
-    out["robustly_routed"] = [float((points["robust_stage"] == k).mean()) for k in range(K)]
+    out["routed"] = [float((o["stage"] == k).mean()) for k in range(K + 1)]
+    out["robustly_routed"] = [float((o["robust_stage"] == k).mean()) for k in range(K)]
     return out
+
+
+def _cascade_metrics(arrs: Sequence[_Arrays], sels: Sequence[Selection]) -> dict[str, Any]:
+    return _summarise(_outcome(arrs, sels), arrs[-1], len(sels))
+
+
+def _single(m: dict[str, Any]) -> dict[str, Any]:
+    m = dict(m)
+    m["selected"] = m["routed"][0]
+    m["rob_sel"] = m["robustly_routed"][0]
+    del m["routed"], m["robustly_routed"]
+    return m
 
 
 def compose_rule(robust_df: pd.DataFrame, core_df: pd.DataFrame,
@@ -144,12 +186,8 @@ def compose_rule(robust_df: pd.DataFrame, core_df: pd.DataFrame,
     ``rob_acc_conservative`` (module docstring), ``selected`` (P[S(x) = 1]), ``rob_sel``
     (R_rob^sel), ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``, ``d_rob_acc`` (H minus core),
     ``n``."""
-    pts = compose_points(robust_df, core_df, selection)
-    out = _summarise(pts, core_df, 1)
-    out["selected"] = out["routed"][0]
-    out["rob_sel"] = out["robustly_routed"][0]
-    del out["routed"], out["robustly_routed"]
-    return out
+    arrs, sels = _prepare([robust_df], core_df, [selection])
+    return _single(_cascade_metrics(arrs, sels))
 
 
 def _adaptive_wrong(adaptive_df: pd.DataFrame, index: np.ndarray, need: np.ndarray) -> np.ndarray:
@@ -163,11 +201,22 @@ def _adaptive_wrong(adaptive_df: pd.DataFrame, index: np.ndarray, need: np.ndarr
     if missing.any():
         raise DataError(f"adaptive records lack {int(missing.sum())} points the rule counts as "
                         f"robust-accurate, e.g. index {index[missing][:5].tolist()}")
-    vals = a.to_numpy()
-    if a.dtype == object:
-        vals = np.array([str(v).strip().lower() in ("true", "1", "1.0") if v == v else False
-                         for v in vals])
-    return np.nan_to_num(vals.astype(float), nan=0.0).astype(bool)
+    return np.array([_as_bool(v) for v in a.to_numpy()], dtype=bool)
+
+
+def _as_bool(v: Any) -> bool:
+    """A ``h_adv_wrong`` cell: bool, 0/1, or 'True'/'False' text from a CSV; missing -> False
+    (only allowed for points the rule does not count)."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return False
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("true", "1", "1.0", "yes"):
+            return True
+        if t in ("false", "0", "0.0", "no", ""):
+            return False
+        raise DataError(f"adaptive records: h_adv_wrong must be a bool, got {v!r}")
+    return bool(v)
 
 
 def compose_adaptive(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection,
@@ -179,11 +228,12 @@ def compose_adaptive(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: 
     selected but not robustly selected.) Keys: those of :func:`compose_rule` plus
     ``rob_acc_adaptive``, ``gap`` (rule minus adaptive, >= 0) and ``n_overcounted`` (points the
     rule counts but the adaptive evidence refutes)."""
-    pts = compose_points(robust_df, core_df, selection)
-    out = compose_rule(robust_df, core_df, selection)
-    rule = pts["rob_acc_paper"].to_numpy()
-    wrong = _adaptive_wrong(adaptive_df, pts["index"].to_numpy(), rule)
-    adaptive = rule & pts["h_correct"].to_numpy() & ~wrong
+    arrs, sels = _prepare([robust_df], core_df, [selection])
+    o = _outcome(arrs, sels)
+    out = _single(_summarise(o, arrs[-1], 1))
+    rule = o["rob_acc_paper"]
+    wrong = _adaptive_wrong(adaptive_df, arrs[-1].index, rule)
+    adaptive = rule & o["h_correct"] & ~wrong
     out["rob_acc_adaptive"] = float(adaptive.mean())
     out["gap"] = out["rob_acc"] - out["rob_acc_adaptive"]
     out["n_overcounted"] = int((rule & ~adaptive).sum())
@@ -204,8 +254,8 @@ def cascade(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
             one (and the core if none does) must be robust-accurate at eps.
     Further keys: ``nat_acc``, ``routed`` (share answered at the clean point by each stage, core
     last), ``robustly_routed`` (share robustly selected first by each model), ``core_*``, ``d_*``."""
-    pts = cascade_points(models, core_df, selections)
-    return _summarise(pts, core_df, len(models))
+    arrs, sels = _prepare(models, core_df, selections)
+    return _cascade_metrics(arrs, sels)
 
 
 # ---------------------------------------------------------------------------------- search
@@ -220,23 +270,60 @@ def _score(m: dict[str, Any], key: str, max_nat_drop: float | None) -> tuple:
     return (bool(feasible), round(m[key], 12), round(m["nat_acc"], 12))
 
 
+class _Cache:
+    """Arrays and aligned selections of the candidates, computed once per search."""
+
+    def __init__(self, candidates: Sequence[Candidate], core_df: pd.DataFrame):
+        self.core = _arrays(core_df, "core records")
+        by_id: dict[int, _Arrays] = {}
+        self.arrs, self.sels = [], []
+        for c in candidates:
+            if id(c.records) not in by_id:
+                by_id[id(c.records)] = _arrays(c.records, f"records of {c.name}")
+                _check_same_points([by_id[id(c.records)], self.core], [f"records of {c.name}", "core"])
+            self.arrs.append(by_id[id(c.records)])
+            self.sels.append(c.selection.aligned_to(self.core.index))
+
+    def abstain(self, i: int) -> tuple[float, float]:
+        """(R_rob^sel, robust accuracy on selected) of candidate i's abstain model."""
+        rs = self.sels[i].robustly_selected
+        sel = float(rs.mean())
+        return sel, (float((rs & self.arrs[i].racc).mean()) / sel if sel > 0 else float("nan"))
+
+    def metrics(self, chain: Sequence[int]) -> dict[str, Any]:
+        return _cascade_metrics([self.arrs[i] for i in chain] + [self.core],
+                                [self.sels[i] for i in chain])
+
+
+def compose_many(candidates: Sequence[Candidate], core_df: pd.DataFrame) -> list[dict[str, Any]]:
+    """:func:`compose_rule` for every candidate (records prepared once)."""
+    cache = _Cache(candidates, core_df)
+    return [_single(cache.metrics([i])) for i in range(len(candidates))]
+
+
+def _best_single(cache: _Cache, n: int, key: str, max_nat_drop: float | None) -> tuple:
+    best = None
+    for i in range(n):
+        m = cache.metrics([i])
+        s = _score(m, key, max_nat_drop)
+        if best is None or s > best[0]:
+            best = (s, i, m)
+    return best
+
+
 def best_composition(candidates: Sequence[Candidate], core_df: pd.DataFrame,
                      max_nat_drop: float | None = 0.01, rule: str = "paper") -> dict[str, Any]:
     """The 2-composition (12) with the highest robust accuracy (by ``rule``) among those losing at
     most ``max_nat_drop`` natural accuracy against the core (None: no constraint); if none meets
     the constraint, the best overall, with ``feasible = False``. Ties: higher natural accuracy,
-    then the earlier candidate. Keys: ``name``, ``candidate``, ``metrics``, ``feasible``."""
+    then the earlier candidate. Keys: ``name``, ``candidate``, ``metrics`` (as
+    :func:`compose_rule`), ``feasible``."""
     if not candidates:
         raise ParamError("best_composition needs at least one candidate")
     key = _rule_key(rule)
-    best = None
-    for c in candidates:
-        m = compose_rule(c.records, core_df, c.selection)
-        s = _score(m, key, max_nat_drop)
-        if best is None or s > best[0]:
-            best = (s, c, m)
-    s, c, m = best
-    return {"name": c.name, "candidate": c, "metrics": m, "feasible": s[0]}
+    s, i, m = _best_single(_Cache(candidates, core_df), len(candidates), key, max_nat_drop)
+    return {"name": candidates[i].name, "candidate": candidates[i], "metrics": _single(m),
+            "feasible": s[0]}
 
 
 def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
@@ -247,39 +334,42 @@ def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
     1. The front: candidates whose abstain model is Pareto-optimal in (R_rob^sel, robust accuracy
        on selected) (Figure 3), e.g. the beta sweep's ERI selectors and SR thresholds.
     2. Start from the best single 2-composition over **all** candidates (:func:`best_composition`).
-    3. Repeatedly insert the front candidate (of a model not yet in the chain) at the position that
-       most improves the score (feasible under ``max_nat_drop``, then robust accuracy by ``rule``,
-       then natural accuracy); stop when nothing improves or the chain has ``max_length`` models.
-    Keys: ``chain`` (names), ``metrics`` (:func:`cascade`), ``best_single`` (name, metrics),
-    ``beats_single`` (bool), ``gain`` (robust-accuracy gain over the best single), ``front``."""
+    3. Repeatedly insert the front candidate (of a model not yet in the chain; ``info["model"]``,
+       else the name, identifies the model) at the position that most improves the score
+       (feasible under ``max_nat_drop``, then robust accuracy by ``rule``, then natural accuracy);
+       stop when nothing improves or the chain has ``max_length`` models.
+    Keys: ``chain`` (names), ``metrics`` (:func:`cascade`), ``best_single`` (name, metrics,
+    feasible), ``feasible``, ``beats_single`` (bool), ``gain`` (robust-accuracy gain over the best
+    single, by ``rule``), ``rule``, ``front`` (names)."""
+    if not candidates:
+        raise ParamError("best_cascade needs at least one candidate")
     key = _rule_key(rule)
     if max_length < 1:
         raise ParamError(f"max_length must be >= 1, got {max_length}")
-    single = best_composition(candidates, core_df, max_nat_drop, rule)
-    am = [abstain_metrics(c.records, c.selection) for c in candidates]
-    pts = [(m["rob_sel"], m["rob_acc_on_sel"]) for m in am]
-    front = [candidates[i] for i in pareto_front(pts)]
-    chain: list[Candidate] = [single["candidate"]]
-    metrics = cascade([c.records for c in chain], core_df, [c.selection for c in chain])
-    score = _score(metrics, key, max_nat_drop)
+    cache = _Cache(candidates, core_df)
+    score, i0, m0 = _best_single(cache, len(candidates), key, max_nat_drop)
+    single_metrics, single_feasible = m0, score[0]
+    front = pareto_front([cache.abstain(i) for i in range(len(candidates))])
+    model_of = [c.info.get("model", c.name) for c in candidates]
+    chain, metrics = [i0], m0
     while len(chain) < max_length:
-        used = {c.info.get("model", c.name) for c in chain}
+        used = {model_of[i] for i in chain}
         best = None
-        for c in front:
-            if c.info.get("model", c.name) in used:
+        for j in front:
+            if model_of[j] in used:
                 continue
             for pos in range(len(chain) + 1):
-                trial = chain[:pos] + [c] + chain[pos:]
-                m = cascade([t.records for t in trial], core_df, [t.selection for t in trial])
+                trial = chain[:pos] + [j] + chain[pos:]
+                m = cache.metrics(trial)
                 s = _score(m, key, max_nat_drop)
                 if best is None or s > best[0]:
                     best = (s, trial, m)
         if best is None or not best[0] > score:
             break
         score, chain, metrics = best
-    gain = metrics[key] - single["metrics"][key]
-    return {"chain": [c.name for c in chain], "metrics": metrics,
-            "best_single": {"name": single["name"], "metrics": single["metrics"],
-                            "feasible": single["feasible"]},
+    gain = metrics[key] - single_metrics[key]
+    return {"chain": [candidates[i].name for i in chain], "metrics": metrics,
+            "best_single": {"name": candidates[i0].name, "metrics": _single(single_metrics),
+                            "feasible": single_feasible},
             "feasible": score[0], "beats_single": bool(len(chain) > 1 and gain > 1e-12),
-            "gain": float(gain), "rule": rule, "front": [c.name for c in front]}
+            "gain": float(gain), "rule": rule, "front": [candidates[i].name for i in front]}

@@ -116,10 +116,14 @@ def certified_accuracy_curve(df: pd.DataFrame, radii: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- alignment
 def by_index(df: pd.DataFrame, name: str = "records") -> pd.DataFrame:
-    """Records sorted by ``index``; raises :class:`DataError` on duplicated indices."""
+    """Records sorted by ``index`` (``df`` itself when already sorted: do not mutate the result);
+    raises :class:`DataError` on duplicated indices."""
     if "index" not in df.columns:
         raise DataError(f"{name} lacks the 'index' column")
-    if df["index"].duplicated().any():
+    idx = df["index"]
+    if idx.is_monotonic_increasing and idx.is_unique:
+        return df
+    if idx.duplicated().any():
         dup = df.loc[df["index"].duplicated(), "index"].iloc[0]
         raise DataError(f"{name} has test point index {dup} more than once")
     return df.sort_values("index", kind="stable").reset_index(drop=True)

@@ -41,7 +41,7 @@ TAU_GRID: np.ndarray = np.round(np.arange(100) / 100.0, 2)
 CRI_RULES = ("sound", "paper")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Selection:
     """A selector evaluated on a set of test points (sorted by ``index``).
 
@@ -104,6 +104,27 @@ def has_softmax_response(df: pd.DataFrame) -> bool:
     return "sr_conf_2x" in df.columns and bool(np.isfinite(df["sr_conf_2x"].to_numpy(float)).any())
 
 
+def _sr_evidence(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    df = by_index(check(df, EMPIRICAL_COLUMNS, "empirical records"))
+    if not has_softmax_response(df):
+        raise DataError("records hold no APGD-conf evidence (sr_conf_2x is all NaN): re-run "
+                        "evaluate with the softmax-response attack to use S_SR")
+    ev = {c: df[c].to_numpy() for c in ("index", "pred", "sr_pred_1x", "sr_pred_2x")}
+    ev.update({c: df[c].to_numpy(float) for c in ("conf", "sr_conf_1x", "sr_conf_2x")})
+    return ev
+
+
+def _sr_select(ev: dict[str, np.ndarray], tau: float) -> Selection:
+    if not (0.0 <= float(tau) <= 1.0):
+        raise ParamError(f"softmax-response threshold tau must be in [0, 1], got {tau!r}")
+    pred = ev["pred"]
+    sel = ev["conf"] >= tau
+    rob = sel & (ev["sr_pred_2x"] == pred) & (ev["sr_conf_2x"] >= tau)
+    c1 = ev["sr_conf_1x"]
+    rob &= ~np.isfinite(c1) | ((ev["sr_pred_1x"] == pred) & (c1 >= tau))
+    return Selection(f"SR@{tau:.2f}", ev["index"], sel, rob, {"tau": float(tau)})
+
+
 def softmax_response(df: pd.DataFrame, tau: float) -> Selection:
     """(13) S_SR(x) = 1{max_c f(x)_c >= tau}, attacked with APGD-conf (17).
 
@@ -115,23 +136,14 @@ def softmax_response(df: pd.DataFrame, tau: float) -> Selection:
                            B_eps(x) lies inside B_2eps(x)."""
     if not (0.0 <= float(tau) <= 1.0):
         raise ParamError(f"softmax-response threshold tau must be in [0, 1], got {tau!r}")
-    df = by_index(check(df, EMPIRICAL_COLUMNS, "empirical records"))
-    if not has_softmax_response(df):
-        raise DataError("records hold no APGD-conf evidence (sr_conf_2x is all NaN): re-run "
-                        "evaluate with the softmax-response attack to use S_SR")
-    pred = df["pred"].to_numpy()
-    sel = df["conf"].to_numpy(float) >= tau
-    rob = sel & (df["sr_pred_2x"].to_numpy() == pred) & (df["sr_conf_2x"].to_numpy(float) >= tau)
-    c1 = df["sr_conf_1x"].to_numpy(float)
-    ran1 = np.isfinite(c1)
-    rob &= ~ran1 | ((df["sr_pred_1x"].to_numpy() == pred) & (c1 >= tau))
-    return Selection(f"SR@{tau:.2f}", df["index"].to_numpy(), sel, rob, {"tau": float(tau)})
+    return _sr_select(_sr_evidence(df), float(tau))
 
 
 def softmax_response_sweep(df: pd.DataFrame, taus: np.ndarray | None = None) -> list[Selection]:
     """S_SR at every tau of ``taus`` (default :data:`TAU_GRID`, 0 ... 0.99)."""
     taus = TAU_GRID if taus is None else np.asarray(taus, dtype=float)
-    return [softmax_response(df, float(t)) for t in taus]
+    ev = _sr_evidence(df)
+    return [_sr_select(ev, float(t)) for t in taus]
 
 
 # ---------------------------------------------------------------------------------- S_CRI
@@ -173,17 +185,25 @@ def abstain_metrics(df: pd.DataFrame, selection: Selection) -> dict[str, float]:
         ``rob_inacc``       P[robustly selected and F robust but wrong at eps]
     Robust-accurate at eps is ``accurate & robust(df, 1)``; for S_ERI it is implied by robust
     selection (robust at 2 eps), for S_SR the APGD-CE evidence at eps is added (worst case)."""
+    return abstain_metrics_many(df, [selection])[0]
+
+
+def abstain_metrics_many(df: pd.DataFrame, selections: list[Selection]) -> list[dict[str, float]]:
+    """:func:`abstain_metrics` for many selectors of the same model (records prepared once)."""
     df = by_index(check(df, EMPIRICAL_COLUMNS, "empirical records"))
-    s = selection.aligned_to(df["index"].to_numpy())
-    acc, rob1 = accurate(df), robust(df, 1)
-    rs = s.robustly_selected
-    good = rs & acc & rob1
-    return {"selected": float(s.selected.mean()),
-            "nat_acc_on_sel": _ratio((s.selected & acc).mean(), s.selected.mean()),
-            "rob_sel": float(rs.mean()),
-            "rob_acc_on_sel": _ratio(good.mean(), rs.mean()),
-            "rob_acc": float(good.mean()),
-            "rob_inacc": float((rs & ~acc & rob1).mean())}
+    index, acc, rob1 = df["index"].to_numpy(), accurate(df), robust(df, 1)
+    out = []
+    for s in selections:
+        s = s.aligned_to(index)
+        rs = s.robustly_selected
+        good = rs & acc & rob1
+        out.append({"selected": float(s.selected.mean()),
+                    "nat_acc_on_sel": _ratio((s.selected & acc).mean(), s.selected.mean()),
+                    "rob_sel": float(rs.mean()),
+                    "rob_acc_on_sel": _ratio(good.mean(), rs.mean()),
+                    "rob_acc": float(good.mean()),
+                    "rob_inacc": float((rs & ~acc & rob1).mean())})
+    return out
 
 
 def certified_abstain_metrics(df: pd.DataFrame, selection: Selection) -> dict[str, float]:
@@ -206,19 +226,13 @@ def certified_abstain_metrics(df: pd.DataFrame, selection: Selection) -> dict[st
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points not dominated when **both** coordinates are maximised, sorted by the
-    first coordinate (ascending). NaN points are never on the front."""
-    idx = [i for i, (a, b) in enumerate(points) if np.isfinite(a) and np.isfinite(b)]
-    front = []
-    for i in idx:
-        a, b = points[i]
-        dominated = any((points[j][0] >= a and points[j][1] >= b)
-                        and (points[j][0] > a or points[j][1] > b) for j in idx)
-        if not dominated:
-            front.append(i)
-    # keep one of exact duplicates
-    seen, out = set(), []
-    for i in sorted(front, key=lambda i: (points[i][0], points[i][1], i)):
-        if tuple(points[i]) not in seen:
-            seen.add(tuple(points[i]))
-            out.append(i)
-    return out
+    first coordinate (ascending; ties by index). Equal points are all kept (different models may
+    tie). NaN points are never on the front."""
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    ok = np.isfinite(p).all(1)
+    q = p[ok]
+    ge = (q[None, :, 0] >= q[:, None, 0]) & (q[None, :, 1] >= q[:, None, 1])
+    gt = (q[None, :, 0] > q[:, None, 0]) | (q[None, :, 1] > q[:, None, 1])
+    keep = ~(ge & gt).any(1)            # row i is dominated by some column j
+    front = np.flatnonzero(ok)[keep]
+    return sorted(front.tolist(), key=lambda i: (p[i, 0], i))

@@ -42,6 +42,19 @@ def _sort_beta(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(_b=df["beta"].astype(float)).sort_values(["_b", "name"], kind="stable")
 
 
+def _sr_models(df: pd.DataFrame) -> list[str]:
+    """Models whose SR curve is drawn: the base and headline models (all models if neither has
+    softmax-response evidence), so the figure stays readable."""
+    sr = df[df["selector"] == "SR"]
+    keep = list(dict.fromkeys(sr.loc[sr["role"].isin(["base", "headline"]), "model"].tolist()))
+    return keep or list(dict.fromkeys(sr["model"].tolist()))
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
 def _pct_axes(ax, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel + " [%]")
     ax.set_ylabel(ylabel + " [%]")
@@ -71,9 +84,7 @@ def rob_acc_vs_rob_inacc(mdf: pd.DataFrame, eps: float) -> Figure:
                        s=60, zorder=6, label=f"base ({r['name']})")
         _pct_axes(ax, "robust inaccuracy $R_{rob}^{-acc}$", "robust accuracy $R_{rob}^{acc}$")
         ax.set_title(title)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[0].legend(fontsize=8, loc="best")
+    _legend(axes[1])
     fig.suptitle("Robust accuracy vs robust inaccuracy (circled: headline run)")
     fig.tight_layout()
     return fig
@@ -81,50 +92,52 @@ def rob_acc_vs_rob_inacc(mdf: pd.DataFrame, eps: float) -> Figure:
 
 def selection_pareto(adf: pd.DataFrame) -> Figure:
     """Figure 3 analog: R_rob^sel (x) against robust accuracy on the selected points (y) of the
-    abstain models. Robustness-indicator selectors (ERI): one point per model, the Pareto front
-    over beta connected per loss. Softmax response (SR): one curve over tau per model with SR
-    evidence. ``adf`` columns: model, loss, beta, role, selector (``ERI`` or ``SR``), tau,
-    rob_sel, rob_acc_on_sel."""
+    abstain models. Robustness-indicator selectors (ERI): one point per fine-tuned model, the
+    Pareto front over beta connected per loss, the base model as a black cross. Softmax response
+    (SR): one dashed curve over tau for the base and headline models. ``adf`` columns: model,
+    loss, beta, role, selector (``ERI`` or ``SR``), tau, rob_sel, rob_acc_on_sel."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ri = adf[(adf["selector"] == "ERI") & adf["role"].isin(["sweep", "headline", "base"])]
+    ri = adf[(adf["selector"] == "ERI") & adf["role"].isin(["sweep", "headline"])]
     for i, loss in enumerate(_losses(ri)):
         d = ri[ri["loss"] == loss].reset_index(drop=True)
-        pts = list(zip(d["rob_sel"], d["rob_acc_on_sel"]))
         st = _style(i)
         ax.scatter(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], color=st["color"],
                    marker=st["marker"], s=28, alpha=0.6)
-        front = pareto_front(pts)
+        front = pareto_front(list(zip(d["rob_sel"], d["rob_acc_on_sel"])))
         if front:
             f = d.iloc[front]
-            ax.plot(100 * f["rob_sel"], 100 * f["rob_acc_on_sel"], label=f"ERI, {loss.upper()}",
-                    **st)
+            ax.plot(100 * f["rob_sel"], 100 * f["rob_acc_on_sel"],
+                    label=f"ERI, {loss.upper()} (front over β)", **st)
         for _, r in d.iterrows():
             if np.isfinite(r["rob_acc_on_sel"]):
                 ax.annotate(_beta_label(r["beta"]) or r["model"],
                             (100 * r["rob_sel"], 100 * r["rob_acc_on_sel"]),
                             textcoords="offset points", xytext=(4, 3), fontsize=7)
+    for _, r in adf[(adf["selector"] == "ERI") & (adf["role"] == "base")].iterrows():
+        ax.scatter([100 * r["rob_sel"]], [100 * r["rob_acc_on_sel"]], marker="x", c="k", s=60,
+                   zorder=6, label=f"ERI, base ({r['model']})")
     sr = adf[adf["selector"] == "SR"]
-    for j, model in enumerate(dict.fromkeys(sr["model"].tolist())):
+    for j, model in enumerate(_sr_models(adf)):
         d = sr[sr["model"] == model].sort_values("tau")
         d = d[np.isfinite(d["rob_acc_on_sel"].to_numpy(float))]
         ax.plot(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], linestyle="--", linewidth=1.2,
-                color=f"C{(j + 5) % 10}", label=f"SR over τ, {model}")
+                color=f"C{(j + 5) % 10}", label=f"SR over τ ({model})")
     _pct_axes(ax, "robust selection $R_{rob}^{sel}$", "robust accuracy on selected")
     ax.set_title("Abstain models: robust selection vs robust accuracy (2ε rule)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
+    _legend(ax)
     fig.tight_layout()
     return fig
 
 
 def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | None = None) -> Figure:
     """Figure 4 analog: natural accuracy (y) against robust accuracy (x, paper's rule) of the
-    compositions (12) with the core model (a star). ERI compositions connected over beta per loss;
-    SR compositions as a dashed curve over tau per robust model; the robust models alone as grey
-    markers when given. ``cdf`` columns: model, loss, beta, selector, tau, nat_acc, rob_acc;
-    ``core``: name, nat_acc, rob_acc."""
+    compositions (12) with the core model (a star). ERI compositions of the fine-tuned models
+    connected over beta per loss, of the base model a black cross; SR compositions as a dashed
+    curve over tau for the base and headline models; the robust models alone as grey dots when
+    given. ``cdf`` columns: model, loss, beta, role, selector, tau, nat_acc, rob_acc; ``core``:
+    name, nat_acc, rob_acc."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    eri = cdf[cdf["selector"] == "ERI"]
+    eri = cdf[(cdf["selector"] == "ERI") & cdf["role"].isin(["sweep", "headline"])]
     for i, loss in enumerate(_losses(eri)):
         d = _sort_beta(eri[eri["loss"] == loss])
         ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], label=f"core + ERI({loss.upper()})",
@@ -132,8 +145,14 @@ def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | No
         for _, r in d.iterrows():
             ax.annotate(_beta_label(r["beta"]) or r["model"], (100 * r["rob_acc"], 100 * r["nat_acc"]),
                         textcoords="offset points", xytext=(4, 3), fontsize=7)
+        head = d[d["role"] == "headline"]
+        ax.scatter(100 * head["rob_acc"], 100 * head["nat_acc"], s=140, facecolors="none",
+                   edgecolors="k", linewidths=1.2, zorder=5)
+    for _, r in cdf[(cdf["selector"] == "ERI") & (cdf["role"] == "base")].iterrows():
+        ax.scatter([100 * r["rob_acc"]], [100 * r["nat_acc"]], marker="x", c="k", s=60, zorder=6,
+                   label=f"core + ERI(base: {r['model']})")
     sr = cdf[cdf["selector"] == "SR"]
-    for j, model in enumerate(dict.fromkeys(sr["model"].tolist())):
+    for j, model in enumerate(_sr_models(cdf)):
         d = sr[sr["model"] == model].sort_values("tau")
         ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], linestyle="--", linewidth=1,
                 color=f"C{(j + 5) % 10}", label=f"core + SR over τ ({model})")
@@ -144,8 +163,8 @@ def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | No
                edgecolors="k", zorder=6, label=f"core ({core['name']})")
     ax.axhline(100 * core["nat_acc"], color="k", linewidth=0.6, linestyle=":")
     _pct_axes(ax, "robust accuracy $R_{rob}^{acc}$ (rule)", "natural accuracy $R_{nat}$")
-    ax.set_title("Compositions with the core model")
-    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Compositions with the core model (circled: headline run)")
+    _legend(ax)
     fig.tight_layout()
     return fig
 
@@ -163,7 +182,6 @@ def certified_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]],
     ax.set_ylabel("certified robust accuracy [%]")
     ax.grid(True, alpha=0.3)
     ax.set_title("Certified accuracy of the smoothed classifiers")
-    if curves:
-        ax.legend(fontsize=8, loc="best")
+    _legend(ax)
     fig.tight_layout()
     return fig

@@ -138,9 +138,10 @@ def cascade_table(result: dict[str, Any]) -> str:
     """The greedy cascade (:func:`robust_abstain.compose.best_cascade`) against the best single
     2-composition."""
     single, m = result["best_single"], result["metrics"]
-    key = "rob_acc" if result.get("rule", "paper") == "paper" else "rob_acc_conservative"
-    headers = ["", "models (first to last, then core)", "R_nat", "Δ R_nat", f"R_rob^acc ({result.get('rule', 'paper')} rule)",
-               "Δ R_rob^acc"]
+    rule = result.get("rule", "paper")
+    headers = ["", "models (first to last, then core)", "R_nat", "Δ R_nat",
+               f"R_rob^acc ({rule} rule)", "Δ R_rob^acc"]
+    key = "rob_acc" if rule == "paper" else "rob_acc_conservative"
     sm = single["metrics"]
     rows = [["best 2-composition", single["name"], pct(sm["nat_acc"]), pp(sm["d_nat_acc"]),
              pct(sm[key]), pp(sm[key] - sm["core_rob_acc"])],

@@ -1,0 +1,231 @@
+"""Randomized smoothing checked against a linear base classifier, whose smoothed classifier is known
+in closed form: for logits (0, w.x + b), P(f(x + eta) = 1) = Phi((w.x + b) / (sigma ||w||)), and G's
+true L2 radius is sigma * PhiInv(p_A) = |w.x + b| / ||w||."""
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from robust_abstain.certify import Smooth, certify_dataset, lower_confidence_bound, point_generators
+from robust_abstain.errors import ParamError
+from robust_abstain.records import ABSTAIN, CERTIFIED_COLUMNS
+
+D, SIGMA, B = 8, 0.5, 0.1
+
+
+class Linear2(nn.Module):
+    """Two-class linear classifier with logits (0, w.x + b); can fail after ``fail_after`` calls and
+    checks that it is called in eval mode."""
+
+    def __init__(self, seed: int = 0, fail_after: int | None = None):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(D, generator=g))
+        self.b = nn.Parameter(torch.tensor(B))
+        self.fail_after, self.calls, self.sizes = fail_after, 0, []
+
+    def forward(self, x):
+        assert not self.training, "base classifier must run in eval mode"
+        self.calls += 1
+        self.sizes.append(len(x))
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated crash")
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def points_at(model: Linear2, margins, seed: int = 1) -> torch.Tensor:
+    """Inputs whose signed distance (w.x + b) / ||w|| to the boundary is each of ``margins``."""
+    w = model.w.detach()
+    u = w / w.norm()
+    g = torch.Generator().manual_seed(seed)
+    other = torch.randn(len(margins), D, generator=g)
+    other -= (other @ u)[:, None] * u  # orthogonal part: irrelevant to f
+    m = torch.as_tensor(margins, dtype=torch.float32)
+    return other + (m - B / w.norm())[:, None] * u
+
+
+MARGINS = [-1.0, -0.6, -0.3, -0.1, 0.05, 0.15, 0.25, 0.4, 0.7, 1.2]
+
+
+def test_certify_is_sound_and_tight_on_linear_model():
+    f = Linear2()
+    x = points_at(f, MARGINS)
+    n0, n, alpha = 100, 20_000, 0.001
+    cls, radius, spred = Smooth(f, 2, SIGMA).certify_points(x, range(len(x)), 0, n0, n, alpha, 1000)
+    for m, c, r, p in zip(MARGINS, cls.tolist(), radius.tolist(), spred.tolist()):
+        true_cls, pa = int(m > 0), norm.cdf(abs(m) / SIGMA)
+        assert math.isclose(SIGMA * norm.ppf(pa), abs(m), rel_tol=1e-9)
+        assert c == true_cls and p == true_cls
+        assert 0 < r <= abs(m)  # soundness: never more than G's true radius
+        sd = math.sqrt(n * pa * (1 - pa))  # the radius of the Clopper-Pearson bound at k ~ n pA
+        k_lo, k_hi = max(0, math.floor(n * pa - 5 * sd)), min(n, math.ceil(n * pa + 5 * sd))
+        r_lo, r_hi = (SIGMA * norm.ppf(lower_confidence_bound(k, n, alpha)) for k in (k_lo, k_hi))
+        assert r_lo - 1e-12 <= r <= r_hi + 1e-12
+        expected = SIGMA * norm.ppf(lower_confidence_bound(round(n * pa), n, alpha))
+        assert abs(r - expected) < 0.05 * SIGMA
+
+
+def test_radius_is_exactly_sigma_phiinv_of_clopper_pearson():
+    f = Linear2()
+    x = points_at(f, [0.3, -0.5])
+    s = Smooth(f, 2, SIGMA)
+    c0, c = s.noise_counts(x, 50, 5000, 1000, point_generators(3, [0, 1]))
+    cls, radius, _ = s.certify_points(x, [0, 1], 3, 50, 5000, 0.01, 1000)
+    from statsmodels.stats.proportion import proportion_confint
+    for i in range(2):
+        k = int(c[i, cls[i]])
+        lo = proportion_confint(k, 5000, alpha=0.02, method="beta")[0]
+        assert radius[i].item() == pytest.approx(SIGMA * norm.ppf(lo), rel=1e-9)
+
+
+def test_abstains_near_half():
+    f = Linear2()
+    x = points_at(f, [0.0, 0.002, -0.002])
+    s = Smooth(f, 2, SIGMA)
+    cls, radius, spred = s.certify_points(x, [0, 1, 2], 0, 100, 20_000, 0.001, 1000)
+    assert cls.tolist() == [ABSTAIN] * 3 and radius.tolist() == [0.0] * 3
+    assert spred.tolist() == [ABSTAIN] * 3
+    assert s.predict(x, 20_000, 0.001, 1000, torch.Generator().manual_seed(0)).tolist() == [ABSTAIN] * 3
+
+
+class Parity(nn.Module):
+    """Class = position in the batch mod 2: an exact tie on any even batch."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(torch.arange(len(x)) % 2, 3).float()
+
+
+def test_predict_abstains_on_exact_tie():
+    s = Smooth(Parity(), 3, SIGMA)
+    _, counts = s.noise_counts(torch.zeros(1, 4), 0, 100, 10)
+    assert counts.tolist() == [[50, 50, 0]]
+    assert s.predict(torch.zeros(2, 4), 100, 0.05, 10).tolist() == [ABSTAIN, ABSTAIN]
+    mock = torch.tensor([[500, 500, 0], [0, 1000, 0], [0, 520, 480], [0, 0, 30]])
+    assert Smooth.predict_from_counts(mock, 0.001).tolist() == [ABSTAIN, 1, ABSTAIN, 2]
+
+
+@pytest.mark.parametrize("kw", [dict(n0=0), dict(n=0), dict(n=1.5), dict(alpha=0.0), dict(alpha=1.0),
+                                dict(alpha=-0.1), dict(batch_size=0)])
+def test_invalid_parameters(kw):
+    s = Smooth(Linear2(), 2, SIGMA)
+    args = dict(n0=10, n=10, alpha=0.01, batch_size=10) | kw
+    key, value = next(iter(kw.items()))
+    with pytest.raises(ParamError, match=f"{key}.*{value!r}"):
+        s.certify(torch.zeros(1, D), **args)
+    if key != "n0":
+        args.pop("n0")
+        with pytest.raises(ParamError, match=key):
+            s.predict(torch.zeros(1, D), **args)
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan")])
+def test_invalid_sigma(sigma):
+    with pytest.raises(ParamError, match="sigma"):
+        Smooth(Linear2(), 2, sigma)
+
+
+def test_batch_size_and_grouping_invariance():
+    f = Linear2()
+    x = points_at(f, MARGINS)
+    s = Smooth(f, 2, SIGMA)
+    idx = list(range(100, 100 + len(x)))
+    a = s.certify_points(x, idx, 5, 30, 700, 0.01, batch_size=7)
+    b = s.certify_points(x, idx, 5, 30, 700, 0.01, batch_size=1000)
+    c1 = s.certify_points(x[:4], idx[:4], 5, 30, 700, 0.01, batch_size=64)
+    c2 = s.certify_points(x[4:], idx[4:], 5, 30, 700, 0.01, batch_size=64)
+    for t in range(3):
+        assert torch.equal(a[t], b[t]) and torch.equal(a[t], torch.cat([c1[t], c2[t]]))
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    assert all(torch.equal(u, v) for u, v in zip(s.noise_counts(x, 30, 700, 7, g1),
+                                                 s.noise_counts(x, 30, 700, 999, g2)))
+
+
+def test_model_sees_full_batches_across_inputs_and_mode_is_restored():
+    f = Linear2()
+    f.train()
+    s = Smooth(f, 2, SIGMA)
+    x = points_at(f, MARGINS[:5])
+    c0, c = s.noise_counts(x, 3, 10, batch_size=8)
+    assert f.training
+    assert f.sizes == [8] * 8 + [1]  # 5 * (3 + 10) = 65 draws: full batches spanning inputs
+    assert c0.sum(1).tolist() == [3] * 5 and c.sum(1).tolist() == [10] * 5
+
+
+def _run(tmp_path, name, model, x, y, idx, **kw):
+    args = dict(n0=40, n=400, alpha=0.01, batch_size=64, seed=11, points_per_call=3, progress=False)
+    return certify_dataset(Smooth(model, 2, SIGMA), x, y, idx, tmp_path / name, **(args | kw))
+
+
+@pytest.fixture
+def data():
+    f = Linear2()
+    x = points_at(f, np.linspace(-0.8, 0.8, 10))
+    y = torch.tensor([0, 0, 1, 0, 1, 1, 1, 0, 1, 1])
+    idx = torch.tensor([50, 3, 7, 21, 8, 40, 1, 33, 12, 9])
+    return x, y, idx
+
+
+def test_certify_dataset_records(tmp_path, data):
+    x, y, idx = data
+    df = _run(tmp_path, "c.csv", Linear2(), x, y, idx)
+    assert list(df.columns) == CERTIFIED_COLUMNS
+    assert df["index"].tolist() == sorted(idx.tolist())
+    assert df.equals(pd.read_csv(tmp_path / "c.csv"))
+    order = idx.argsort()
+    assert df["label"].tolist() == y[order].tolist()
+    assert df["pred"].tolist() == (x[order] @ Linear2().w.detach() + B > 0).long().tolist()
+    assert ((df["conf"] >= 0.5) & (df["conf"] <= 1)).all()
+    assert ((df["cert_pred"] == ABSTAIN) == (df["cert_radius"] == 0)).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv"]
+
+
+def test_resume_after_crash_gives_identical_file(tmp_path, data):
+    x, y, idx = data
+    _run(tmp_path, "full.csv", Linear2(), x, y, idx)
+    flaky = Linear2(fail_after=60)  # each group of 3 points: 1 clean + 21 noisy batches
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, "res.csv", flaky, x, y, idx)
+    assert not (tmp_path / "res.csv").exists()
+    partial = pd.read_csv(tmp_path / "res.csv.partial.csv")
+    assert len(partial) == 6
+    resumed = Linear2()
+    df = _run(tmp_path, "res.csv", resumed, x, y, idx)
+    assert resumed.calls == 22 + 8  # only the 4 remaining points (groups of 3 and 1) were certified
+    assert (tmp_path / "res.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+    assert not (tmp_path / "res.csv.partial.csv").exists() and not (tmp_path / "res.csv.partial.json").exists()
+    assert list(df.columns) == CERTIFIED_COLUMNS
+
+
+def test_resume_drops_torn_line_and_restarts_on_other_settings(tmp_path, data):
+    x, y, idx = data
+    _run(tmp_path, "full.csv", Linear2(), x, y, idx)
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, "torn.csv", Linear2(fail_after=30), x, y, idx)
+    partial = tmp_path / "torn.csv.partial.csv"
+    with open(partial, "a") as f:
+        f.write("12,1,1,0.73")  # a row cut short by a crash mid-write
+    _run(tmp_path, "torn.csv", Linear2(), x, y, idx)
+    assert (tmp_path / "torn.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+
+    with pytest.raises(RuntimeError):
+        _run(tmp_path, "other.csv", Linear2(fail_after=30), x, y, idx, seed=99)
+    with pytest.warns(UserWarning, match="other settings"):
+        _run(tmp_path, "other.csv", Linear2(), x, y, idx)
+    assert (tmp_path / "other.csv").read_bytes() == (tmp_path / "full.csv").read_bytes()
+
+
+def test_certify_dataset_validates(tmp_path, data):
+    x, y, idx = data
+    with pytest.raises(ParamError, match="unique"):
+        _run(tmp_path, "u.csv", Linear2(), x, y, torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ParamError, match="length"):
+        _run(tmp_path, "l.csv", Linear2(), x, y[:5], idx)
+    with pytest.raises(ParamError, match="points_per_call"):
+        _run(tmp_path, "p.csv", Linear2(), x, y, idx, points_per_call=0)
+    assert not any(tmp_path.iterdir())
