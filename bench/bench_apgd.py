@@ -20,14 +20,19 @@ Always exits 0 (it is a report); prints PASS / FAIL per target.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+# On a busy 2-core machine OpenMP's default spin-waiting made small torch ops up to ~75x slower
+# (measured); passive waiting keeps the timings about the attacks. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from robust_abstain.attacks.apgd import APGD
 from robust_abstain.attacks.pgd import pgd
@@ -35,10 +40,11 @@ from robust_abstain.data import load_prepared, prepare
 from robust_abstain.models.checkpoint import ModelSpec, load_model, save_model, to_fast_layout
 
 
-def train_quick_model(seed: int, eps: float, log=print) -> nn.Module:
-    """A small CNN on 10k Fashion-MNIST points: 1 epoch standard, then PGD adversarial training."""
+def train_quick_model(data, seed: int, eps: float, adv_epochs: int, log=print
+                      ) -> tuple[nn.Module, ModelSpec]:
+    """A small CNN on the training points: 1 epoch standard, then ``adv_epochs`` of PGD-5
+    adversarial training (loss = (CE(x) + CE(x_pgd)) / 2) at ``eps``."""
     torch.manual_seed(seed)
-    data = prepare("fashion_mnist", {"n_train": 10000, "n_test": 1000}, seed)
     x, y = data.split("train").tensors
     spec = ModelSpec("cnn", (1, 28, 28), 10, (0.286,), (0.353,))
     model = spec.build()
@@ -66,17 +72,19 @@ def train_quick_model(seed: int, eps: float, log=print) -> nn.Module:
 
     epoch(0)
     log(f"  standard epoch done ({time.perf_counter() - t0:.1f} s)")
-    for _ in range(2):
+    for _ in range(adv_epochs):
         epoch(5)
     log(f"  adversarial training done ({time.perf_counter() - t0:.1f} s)")
     return model.eval(), spec
 
 
-def load_points(args) -> tuple[torch.Tensor, torch.Tensor]:
+def load_data(args):
     if args.data:
-        data = load_prepared(args.data)
-    else:
-        data = prepare("fashion_mnist", {"n_train": 10000, "n_test": max(args.n, 1000)}, args.seed)
+        return load_prepared(args.data)
+    return prepare("fashion_mnist", {"n_train": 10000, "n_test": max(args.n, 1000)}, args.seed)
+
+
+def test_points(data, args) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = data.split("test").tensors
     return x[:args.n].contiguous(), y[:args.n]
 
@@ -135,24 +143,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None,
                     help="our APGD batch size (default: all points at once, as the reference does)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adv-epochs", type=int, default=1, help="PGD training epochs of the quick model")
     args = ap.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = args.n
     log = lambda *a: print(*a, flush=True)  # noqa: E731
 
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    data = load_data(args)
     if args.model and Path(args.model).is_file():
         model, spec, _ = load_model(args.model)
         log(f"model: {args.model} ({spec.arch})")
     else:
+        if args.model:
+            log(f"model: {args.model} not found")
         log("model: training a small CNN on Fashion-MNIST (10k points)")
-        model, spec = train_quick_model(args.seed, args.eps, log)
+        model, spec = train_quick_model(data, args.seed, args.eps, args.adv_epochs, log)
         if args.save_model:
             save_model(model, spec, args.save_model, {"bench": "bench_apgd quick model"})
     model = to_fast_layout(model, spec.input_shape).eval()
     for p in model.parameters():
         p.requires_grad_(True)  # as a trained model comes; neither attack may touch .grad
-    x, y = load_points(args)
+    x, y = test_points(data, args)
     pred = predict(model, x)
     log(f"{len(x)} points, natural accuracy {100 * (pred == y).float().mean():.1f} %, eps {args.eps}, "
         f"{args.steps} steps, 1 restart, APGD-CE Linf")

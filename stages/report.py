@@ -42,9 +42,11 @@ def main() -> None:
     n_taus = count(rp.get("taus", 34), "report.taus", min=2)
     metrics = build_report(models, args.out, positive(ev.get("eps"), "evaluate.eps"), certified=certified,
                            adaptive=adaptive, cert_eps=non_negative(ev_l2.get("eps"), "evaluate_l2.eps"),
+                           certified_core=rec("core_l2"),
                            taus=np.linspace(0, 0.99, n_taus))
     synthetic = json.loads(_read_text(res / "synthetic.json"))
-    metrics.update({f"synthetic/{m}/{k}": round(v, 4) for m, d in synthetic.items() for k, v in d.items()})
+    metrics.update({f"synthetic/{split}/{m}/{k}": round(v, 4) for split, per_model in synthetic.items()
+                    for m, d in per_model.items() for k, v in d.items()})
     save_json(metrics, Path(args.out) / "metrics.json")
     for k in ("core/nat_acc", "core/rob_acc", "headline/rob_acc", "headline/rob_inacc",
               "best_composition/nat_acc", "best_composition/rob_acc"):

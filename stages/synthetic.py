@@ -22,12 +22,13 @@ def main() -> None:
         era_beta=non_negative(p.get("era_beta", 1.0), "synthetic.era_beta"),
         trades_beta=non_negative(p.get("trades_beta", 6.0), "synthetic.trades_beta"),
         pgd_steps=count(p.get("pgd_steps", 10), "synthetic.pgd_steps"), state_dir="state")
-    x, y = data.split("test").tensors
-    fig, metrics = plot_figure1(models, x, y, eps, seed)
+    splits = {s: data.split(s).tensors for s in ("train", "test")}
+    fig, metrics = plot_figure1(models, splits, eps, seed)
     save_json(metrics, args.metrics)
     save_figure(fig, args.figure)
-    for k, v in metrics.items():
-        print(k, {m: round(s, 4) for m, s in v.items()})
+    for split, per_model in metrics.items():
+        for k, v in per_model.items():
+            print(split, k, {m: round(s, 4) for m, s in v.items()})
 
 
 if __name__ == "__main__":

@@ -1,3 +1,7 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see robust_abstain/__init__.py
+
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 in closed form: for logits (0, w.x + b), P(f(x + eta) = 1) = Phi((w.x + b) / (sigma ||w||)), and G's
 true L2 radius is sigma * PhiInv(p_A) = |w.x + b| / ||w||."""
 import math
-import warnings
 
 import numpy as np
 import pandas as pd

@@ -135,3 +135,28 @@ def test_best_cascade_beats_single_when_models_cover_different_points():
     assert sorted(res["front"]) == ["A", "B"]
     with pytest.raises(ParamError):
         best_cascade(cands, core, rule="optimistic")
+
+
+def test_compose_certified_by_hand():
+    """4 points, eps = 0.1. G certifies: p0 radius 0.3 correct (robustly selected, sound rule),
+    p1 radius 0.15 correct (selected, not robustly under the sound rule), p2 abstains, p3 radius 0.5 wrong.
+    Core: correct and robust on p1, p2; correct non-robust on p0; wrong on p3."""
+    import pandas as pd
+    from robust_abstain.compose import compose_certified
+    from robust_abstain.selectors import cri
+    cert = pd.DataFrame({"index": [0, 1, 2, 3], "label": [0, 1, 2, 0], "pred": [0, 1, 2, 1],
+                         "conf": [.9] * 4, "smooth_pred": [0, 1, -1, 1], "cert_pred": [0, 1, -1, 1],
+                         "cert_radius": [0.3, 0.15, 0.0, 0.5]})
+    core = pd.DataFrame({"index": [0, 1, 2, 3, 4], "label": [0, 1, 2, 0, 0], "pred": [0, 1, 2, 2, 0],
+                         "conf": [.9] * 5, "eps": [.1] * 5, "adv_pred_1x": [1, 1, 2, 2, 0],
+                         "adv_pred_2x": [1, 1, 2, 2, 0], "sr_pred_1x": [0] * 5, "sr_conf_1x": [.9] * 5,
+                         "sr_pred_2x": [0] * 5, "sr_conf_2x": [.9] * 5})
+    sound = compose_certified(cert, core, cri(cert, 0.1, "sound"))
+    # selected (radius >= 0.1): p0, p1, p3 -> G answers 0 ok, 1 ok, 1 wrong; p2 -> core ok: nat 3/4
+    assert sound["nat_acc"] == 0.75
+    # robustly selected (>= 0.2): p0 (ok), p3 (wrong); else core robust-acc: p1 yes, p2 yes -> 3/4
+    assert sound["rob_acc"] == 0.75 and sound["rob_acc_certified"] == 0.25
+    assert sound["core_rob_acc"] == 0.5 and sound["d_rob_acc"] == 0.25
+    paper = compose_certified(cert, core, cri(cert, 0.1, "paper"))
+    # paper rule: robustly selected = radius >= 0.1: p0 ok, p1 ok, p3 wrong; p2 core ok -> 3/4
+    assert paper["rob_acc"] == 0.75 and paper["rob_acc_certified"] == 0.5

@@ -10,4 +10,10 @@ Robustness without Accuracy Loss". Each lives in one place:
     (1)/(2) R_nat, R_rob^acc, R_rob^-acc ........... metrics.py
 """
 
+import os as _os
+
+# OpenMP threads that spin while waiting make small ops ~100x slower whenever another process
+# shares the cores (measured on a 2-core machine). Must be set before torch is imported.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

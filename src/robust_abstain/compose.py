@@ -373,3 +373,39 @@ def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
                             "feasible": single_feasible},
             "feasible": score[0], "beats_single": bool(len(chain) > 1 and gain > 1e-12),
             "gain": float(gain), "rule": rule, "front": [candidates[i].name for i in front]}
+
+
+# ---------------------------------------------------------------------------------- certified
+def compose_certified(cert_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection) -> dict[str, Any]:
+    """(12) with the certified selector S_CRI (11): H(x) = G(x) where S_CRI(x) = 1, else F_core(x).
+
+    ``cert_df``: certified records of the smoothed model G; ``core_df``: the core model's empirical
+    records under the same L2 threat model (APGD), covering at least the certified points.
+    ``nat_acc``: H at the clean x (G's certified class where selected). ``rob_acc`` (rule, as in
+    the paper): robustly selected and G certified correct -> certified robust-accurate; otherwise
+    F_core's *empirical* robust accuracy at eps (the core is not certified, so this part is an
+    attack-based estimate). ``rob_acc_certified``: only the certified part (a lower bound on H's
+    robust accuracy that holds whatever the attack). Keys also: ``selected``, ``rob_sel``,
+    ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``, ``d_rob_acc``, ``n``."""
+    from .records import CERTIFIED_COLUMNS
+    cert = by_index(check(cert_df, CERTIFIED_COLUMNS, "certified records"), "certified records")
+    core = by_index(check(core_df, EMPIRICAL_COLUMNS, "core records"), "core records").set_index("index")
+    idx = cert["index"].to_numpy()
+    missing = sorted(set(idx.tolist()) - set(core.index.tolist()))
+    if missing:
+        raise DataError(f"core records lack certified test points, e.g. {missing[:5]}")
+    core = core.loc[idx].reset_index()
+    sel = selection.aligned_to(idx)
+    y = cert["label"].to_numpy()
+    g_ok = cert["cert_pred"].to_numpy() == y
+    c_ok = accurate(core)
+    c_rob = c_ok & robust(core, 1)
+    nat = np.where(sel.selected, g_ok, c_ok)
+    certified_part = sel.robustly_selected & g_ok
+    rob = np.where(sel.robustly_selected, g_ok, c_rob)
+    out = {"nat_acc": nat.mean(), "rob_acc": rob.mean(), "rob_acc_certified": certified_part.mean(),
+           "selected": sel.selected.mean(), "rob_sel": sel.robustly_selected.mean(),
+           "core_nat_acc": c_ok.mean(), "core_rob_acc": c_rob.mean(), "n": int(len(idx))}
+    out["d_nat_acc"] = out["nat_acc"] - out["core_nat_acc"]
+    out["d_rob_acc"] = out["rob_acc"] - out["core_rob_acc"]
+    return {k: (float(v) if k != "n" else v) for k, v in out.items()}

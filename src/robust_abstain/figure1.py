@@ -46,29 +46,34 @@ def robustness(model, x, y, eps, seed=0) -> dict:
             "rob_inacc": (robust & ~acc).float().mean().item(), "robust": robust.numpy(), "acc": acc.numpy()}
 
 
-def plot_figure1(models: dict, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int = 0):
-    """Return (figure, metrics per model)."""
+def plot_figure1(models: dict, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], eps: float, seed: int = 0):
+    """Decision regions of each model (columns) with the points of each split (rows), marking
+    robust-accurate, non-robust and robust-inaccurate points. Returns (figure, metrics[split][model])."""
     grid = torch.linspace(0, 1, 300)
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
     pts = torch.stack([gx.flatten(), gy.flatten()], 1)
     colors = np.array(["#4c72b0", "#dd8452", "#55a868"])
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), sharey=True)
-    out = {}
-    for ax, (name, model) in zip(axes, models.items()):
-        region, _ = natural(model, pts)
-        ax.imshow(region.view(300, 300).numpy(), origin="lower", extent=(0, 1, 0, 1), alpha=0.25,
-                  cmap=matplotlib.colors.ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
-        m = robustness(model, x, y, eps, seed)
-        out[name] = {k: v for k, v in m.items() if k not in ("robust", "acc")}
-        xs, ys = x.numpy(), y.numpy()
-        ra, ri = m["robust"] & m["acc"], m["robust"] & ~m["acc"]
-        ax.scatter(xs[ra, 0], xs[ra, 1], c=colors[ys[ra]], s=6, label="robust & accurate")
-        ax.scatter(xs[~m["robust"], 0], xs[~m["robust"], 1], facecolors="none", edgecolors="grey", s=10,
-                   linewidths=0.5, label="non-robust")
-        ax.scatter(xs[ri, 0], xs[ri, 1], c="red", marker="x", s=18, label="robust & inaccurate")
-        ax.set_title(f"{name}\nR_rob^acc {100 * m['rob_acc']:.1f}%  R_rob^-acc {100 * m['rob_inacc']:.1f}%",
-                     fontsize=10)
-        ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_aspect("equal")
-    axes[0].legend(loc="lower left", fontsize=7, framealpha=0.8)
-    fig.suptitle(f"Figure 1: decision regions on 3 Gaussians, Linf eps = {eps} (APGD-40)", fontsize=11)
+    regions = {name: natural(model, pts)[0].view(300, 300).numpy() for name, model in models.items()}
+    fig, axes = plt.subplots(len(splits), len(models), figsize=(4.0 * len(models), 4.2 * len(splits)),
+                             squeeze=False)
+    out: dict = {}
+    for row, (split, (x, y)) in enumerate(splits.items()):
+        out[split] = {}
+        for ax, (name, model) in zip(axes[row], models.items()):
+            ax.imshow(regions[name], origin="lower", extent=(0, 1, 0, 1), alpha=0.25,
+                      cmap=matplotlib.colors.ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
+            m = robustness(model, x, y, eps, seed)
+            out[split][name] = {k: v for k, v in m.items() if k not in ("robust", "acc")}
+            xs, ys = x.numpy(), y.numpy()
+            ra, ri = m["robust"] & m["acc"], m["robust"] & ~m["acc"]
+            ax.scatter(xs[ra, 0], xs[ra, 1], c=colors[ys[ra]], s=5, label="robust & accurate")
+            ax.scatter(xs[~m["robust"], 0], xs[~m["robust"], 1], facecolors="none", edgecolors="grey", s=9,
+                       linewidths=0.5, label="non-robust")
+            ax.scatter(xs[ri, 0], xs[ri, 1], c="red", marker="x", s=22, label="robust & inaccurate")
+            ax.set_title(f"{name}, {split} points\nR_nat {100 * m['nat_acc']:.1f}%  R_rob^acc "
+                         f"{100 * m['rob_acc']:.1f}%  R_rob^-acc {100 * m['rob_inacc']:.1f}%", fontsize=9)
+            ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_aspect("equal")
+    axes[0][0].legend(loc="lower left", fontsize=7, framealpha=0.8)
+    fig.suptitle(f"Figure 1: decision regions on 3 Gaussians, Linf eps = {eps} (APGD-40); "
+                 f"ERA fine-tuned from TRADES", fontsize=11)
     return fig, out

@@ -48,6 +48,9 @@ def train_model(p: dict, data: Prepared, out: str | Path, state_dir: str | Path,
 def sweep_entry(sweep: dict, key: str) -> dict:
     if key not in sweep:
         raise ParamError(f"sweep has no entry {key!r}; entries: {sorted(sweep)}")
+    if "." in key:
+        raise ParamError(f"sweep key {key!r} must not contain '.', DVC reads it as a nested param "
+                         f"(write e.g. 'era-0_5')")
     e = sweep[key]
     if not isinstance(e, dict) or "name" not in e or "beta" not in e:
         raise ParamError(f"sweep.{key} must be a mapping with 'name' and 'beta', got {e!r}")

@@ -83,6 +83,12 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _channels_last_model(model: nn.Module) -> bool:
+    cl = torch.channels_last
+    return any(p.dim() == 4 and p.is_contiguous(memory_format=cl) and not p.is_contiguous()
+               for p in model.parameters())
+
+
 class _EvalMode:
     """Put every submodule in eval mode; restore each submodule's own previous mode on exit."""
 
@@ -199,8 +205,11 @@ class APGD:
         return iter(starts)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
-        # channels_last images: markedly faster convolutions on CPU (see bench/).
-        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+        """Images in channels_last when the model's convolutions are (faster on CPU, bench/);
+        for a model in the default layout channels_last inputs were slower, so keep them as is."""
+        if x.dim() == 4 and _channels_last_model(self.model):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor, need_grad: bool
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

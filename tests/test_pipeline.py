@@ -1,0 +1,143 @@
+"""End to end: `dvc repro` and `dvc exp run -S loss.beta=...` on a micro profile, in a temporary git
+repository; bad input through the stage CLIs."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from micro import fake_fashion_mnist, make_project, micro_params
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t", "RA_THREADS": "1"}
+
+
+def sh(cmd, cwd, check=True):
+    r = subprocess.run(cmd, cwd=cwd, env=ENV, shell=True, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    data = fake_fashion_mnist(tmp / "fmnist")
+    proj = make_project(tmp / "proj", micro_params(data))
+    sh("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", proj)
+    return proj
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_exp_run(project):
+    r = sh("dvc repro", project)
+    stages = ran(r.stdout)
+    assert {"prepare", "train@core", "train@base", "finetune@era-1", "finetune_headline", "report",
+            "certify@cra-0_5", "adaptive_ref@headline", "synthetic"} <= stages
+    reports = project / "reports"
+    for f in ("summary.md", "splits.md", "abstain.md", "compositions.md", "adaptive.md", "certified.md",
+              "metrics.json", "figures/fig1_synthetic.png", "figures/rob_acc_vs_rob_inacc.png",
+              "figures/selection_pareto.png", "figures/compositions.png", "figures/certified_accuracy.png"):
+        assert (reports / f).is_file(), f
+    metrics = json.loads((reports / "metrics.json").read_text())
+    for k in ("core/nat_acc", "headline/rob_acc", "headline/rob_inacc", "best_composition/rob_acc"):
+        assert 0 <= metrics[k] <= 1
+    assert sh("dvc status", project).stdout.strip().endswith("up to date.")
+    sh("git add -A && git commit -qm baseline", project)
+
+    r = sh("dvc exp run -S loss.beta=0.7", project)
+    again = ran(r.stdout)
+    assert {"finetune_headline", "evaluate_headline", "adaptive_ref@headline", "report"} <= again
+    assert not again & {"prepare", "train@core", "train@base", "finetune@era-1", "evaluate@era-1",
+                        "synthetic", "train_noise_base", "certify@cra-0_5"}
+    show = sh("dvc exp show --json", project).stdout
+    assert "headline/rob_acc" in show and "0.7" in show
+
+
+@pytest.mark.slow
+def test_same_params_same_metrics(project):
+    """Reproducible on CPU: re-running a stage from scratch gives the same records."""
+    rec = project / "results/records/era-1.csv"
+    if not rec.exists():
+        sh("dvc repro evaluate@era-1", project)
+    before = rec.read_text()
+    sh("dvc repro -f -s finetune@era-1 && dvc repro -f -s evaluate@era-1", project)
+    assert rec.read_text() == before
+
+
+def stage(project, *args, check=False):
+    return sh(" ".join([sys.executable, *args]), project, check=check)
+
+
+@pytest.mark.parametrize("section,key,value,msg", [
+    ("finetune", "loss.eps", -0.1, "finetune.loss.eps must be >= 0"),
+    ("finetune", "train.lr", "fast", "finetune.train.lr must be a number"),
+    ("finetune", "train.epochs", 0, "finetune.train.epochs must be >= 1"),
+    ("loss", "name", "nope", "finetune.loss.name must be one of"),
+    ("loss", "beta", -2, "finetune.loss.beta must be >= 0"),
+])
+def test_bad_params_give_one_clear_error_and_no_output(project, section, key, value, msg):
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    d = p[section]
+    *path, last = key.split(".")
+    for k in path:
+        d = d[k]
+    d[last] = value
+    bad = project / "bad_params"
+    bad.mkdir(exist_ok=True)
+    (project / "params.yaml").rename(project / "params.good.yaml")
+    try:
+        (project / "params.yaml").write_text(yaml.safe_dump(p))
+        out = project / "models/bad.pt"
+        r = stage(project, "stages/finetune.py", "--headline", "loss", "--init", "models/base.pt",
+                  "--out", str(out))
+    finally:
+        (project / "params.good.yaml").replace(project / "params.yaml")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().startswith("error:") and msg in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_unknown_dataset_and_missing_data(project, tmp_path):
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    (project / "params.yaml").rename(project / "params.good.yaml")
+    try:
+        p["data"]["dataset"] = "imagenet"
+        (project / "params.yaml").write_text(yaml.safe_dump(p))
+        r = stage(project, "stages/prepare.py", "--out", str(tmp_path / "x.pt"))
+        assert r.returncode == 1 and "unknown dataset 'imagenet'" in r.stderr
+        p["data"]["dataset"] = "fashion_mnist"
+        p["data"]["fashion_mnist"]["root"] = str(tmp_path / "nowhere")
+        (project / "params.yaml").write_text(yaml.safe_dump(p))
+        r = stage(project, "stages/prepare.py", "--out", str(tmp_path / "x.pt"))
+    finally:
+        (project / "params.good.yaml").replace(project / "params.yaml")
+    if Path("/usr/share/datasets/fashion-mnist").is_dir():
+        assert r.returncode == 0  # falls back to Debian's copy
+    else:
+        assert r.returncode == 1 and "nowhere" in r.stderr and "dataset-fashion-mnist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(project, tmp_path):
+    html = tmp_path / "model.pt"
+    html.write_text("<!DOCTYPE html><html><body>Quota exceeded</body></html>")
+    out = tmp_path / "rec.csv"
+    r = stage(project, "stages/evaluate.py", "--model", str(html), "--out", str(out))
+    assert r.returncode == 1 and "HTML page" in r.stderr and str(html) in r.stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00\x01not a zip")
+    r = stage(project, "stages/evaluate.py", "--model", str(junk), "--out", str(out))
+    assert r.returncode == 1 and "cannot be loaded" in r.stderr
+    assert not out.exists() and "Traceback" not in r.stderr
