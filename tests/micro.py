@@ -53,7 +53,7 @@ def micro_params(data_root: Path) -> dict:
     p["noise_base"]["width"] = 8
     p["cert_finetune"]["loss"]["k"] = 2
     p["cert_finetune"]["train"].update(epochs=1, n_train=40, n_val=20)
-    p["cert_sweep"] = {"noise-ft": {"name": "noise", "beta": 1.0}, "cra-0_5": {"name": "cra", "beta": 0.5}}
+    p["cert_sweep"] = {"noise-ft": {"name": "noise", "beta": 1.0}, "cra-4": {"name": "cra", "beta": 4.0}}
     p["certify"].update(n0=10, n=40, n_points=12, batch_size=100)
     p["report"]["taus"] = 5
     return p

@@ -43,7 +43,7 @@ def test_dvc_repro_then_exp_run(project):
     r = sh("dvc repro", project)
     stages = ran(r.stdout)
     assert {"prepare", "train@core", "train@base", "finetune@era-1", "finetune_headline", "report",
-            "certify@cra-0_5", "adaptive_ref@headline", "synthetic"} <= stages
+            "certify@cra-4", "adaptive_ref@headline", "synthetic"} <= stages
     reports = project / "reports"
     for f in ("summary.md", "splits.md", "abstain.md", "compositions.md", "adaptive.md", "certified.md",
               "metrics.json", "figures/fig1_synthetic.png", "figures/rob_acc_vs_rob_inacc.png",
@@ -59,7 +59,7 @@ def test_dvc_repro_then_exp_run(project):
     again = ran(r.stdout)
     assert {"finetune_headline", "evaluate_headline", "adaptive_ref@headline", "report"} <= again
     assert not again & {"prepare", "train@core", "train@base", "finetune@era-1", "evaluate@era-1",
-                        "synthetic", "train_noise_base", "certify@cra-0_5"}
+                        "synthetic", "train_noise_base", "certify@cra-4"}
     show = sh("dvc exp show --json", project).stdout
     assert "headline/rob_acc" in show and "0.7" in show
 

@@ -7,7 +7,9 @@ means S = 1 and F_robust constant on all of B_eps(x)). The second is not: for a 
 does not robustly select, the attacker may move to an x' in B_eps(x) where S(x') = 1 *and*
 F_robust(x') is wrong; H then answers F_robust(x') != y, although F_core was robust there.
 
-The attack, for every point the rule counts as robust-accurate through the core branch:
+Since x lies in B_eps(x') for every x' in B_eps(x), S(x') = 1 forces F_robust(x') = F_robust(x):
+only points where F_robust(x) is *wrong* can be fooled this way (:func:`attack_targets`). The
+attack, for every such point the rule counts as robust-accurate through the core branch:
  1. APGD-CE on F_robust against y in B_eps(x): a point x1 where F_robust is wrong (if any);
  2. PGD towards that wrong class t = F_robust(x1), still inside B_eps(x), to reach a region where
     F_robust is *confidently* wrong (so that it is robust there);
@@ -33,6 +35,15 @@ from .records import accurate, robust
 def rule_core_branch(robust_df: pd.DataFrame, core_df: pd.DataFrame) -> np.ndarray:
     """Points the paper's rule scores through F_core (not robustly selected) as robust-accurate."""
     return ~robust(robust_df, 2) & accurate(core_df) & robust(core_df, 1)
+
+
+def attack_targets(robust_df: pd.DataFrame, core_df: pd.DataFrame) -> np.ndarray:
+    """Where the selector route can fool H: core-branch points with F_robust(x) != y.
+
+    Every x' in B_eps(x) has x in B_eps(x'), so S(x') = 1 forces F_robust(x') = F_robust(x);
+    where F_robust(x) = y, H(x') is then right. (Those points remain exposed only to the core
+    attack, which the rule already counts.)"""
+    return rule_core_branch(robust_df, core_df) & ~accurate(robust_df)
 
 
 def attack_composition(robust_model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: np.ndarray,
@@ -77,6 +88,6 @@ def attack_composition(robust_model: nn.Module, x: torch.Tensor, y: torch.Tensor
 def adaptive_records(robust_model: nn.Module, robust_df: pd.DataFrame, core_df: pd.DataFrame,
                      x: torch.Tensor, y: torch.Tensor, eps: float, **kw) -> pd.DataFrame:
     """Per-point evidence for ``compose.compose_adaptive``: columns index, h_adv_wrong."""
-    targets = rule_core_branch(robust_df, core_df)
+    targets = attack_targets(robust_df, core_df)
     fooled = attack_composition(robust_model, x, y, targets, eps, **kw)
     return pd.DataFrame({"index": robust_df["index"].to_numpy(), "h_adv_wrong": fooled})

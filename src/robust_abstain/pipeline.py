@@ -22,12 +22,32 @@ def model_spec(p: dict, data: Prepared, prefix: str) -> ModelSpec:
     return ModelSpec(arch, data.input_shape, data.num_classes, tuple(data.mean), tuple(data.std), width)
 
 
+def bring_zoo_model(p: dict, data: Prepared, out: str | Path, prefix: str) -> None:
+    """``source: zoo``: bring a pretrained RobustBench model (``zoo: {name, dataset, threat_model,
+    model_dir}``) as our checkpoint, downloading only when the file is missing (then validated:
+    an HTML page saved as .pt is deleted with a clear error)."""
+    from .models.checkpoint import zoo_spec
+    from .models.zoo import load_zoo_model
+    z = p.get("zoo") or {}
+    missing = [k for k in ("name", "dataset", "threat_model") if k not in z]
+    if missing:
+        raise ParamError(f"{prefix}.zoo lacks {missing}")
+    model = load_zoo_model(z["name"], z["dataset"], z["threat_model"], z.get("model_dir", "models/zoo"))
+    spec = zoo_spec(z["name"], z["dataset"], z["threat_model"], data.input_shape, data.num_classes)
+    save_model(model, spec, out, meta={"source": "robustbench", **z})
+
+
 def train_model(p: dict, data: Prepared, out: str | Path, state_dir: str | Path, prefix: str,
                 init: str | Path | None = None, loss_override: dict | None = None, log=None) -> list[dict]:
     """Train (or fine-tune from ``init``) the model a params section describes; save it to ``out``.
 
     ``p`` holds ``arch``/``width`` (ignored when fine-tuning), ``loss`` and ``train`` mappings;
-    ``loss_override`` (e.g. the sweep's loss name and beta) is merged over ``p['loss']``."""
+    ``loss_override`` (e.g. the sweep's loss name and beta) is merged over ``p['loss']``.
+    With ``source: zoo`` the model is a pretrained RobustBench model instead (no training)."""
+    source = choice(p.get("source", "train"), f"{prefix}.source", ["train", "zoo"])
+    if source == "zoo" and init is None:
+        bring_zoo_model(p, data, out, prefix)
+        return []
     loss_p = {**(p.get("loss") or {}), **(loss_override or {})}
     loss_cfg = LossConfig.from_params(loss_p, f"{prefix}.loss")
     train_cfg = TrainConfig.from_params(p.get("train") or {}, f"{prefix}.train")

@@ -49,6 +49,8 @@ class TrainConfig:
     n_val: int | None = None       # seeded subset of the validation split
     select: str = "val_loss"
     seed: int = 0
+    augment: str | None = None     # None | "autoaugment" (the paper's CIFAR fine-tuning policy) | ...
+    device: str = "auto"           # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
 
     @classmethod
     def from_params(cls, p: dict, prefix: str) -> "TrainConfig":
@@ -70,8 +72,34 @@ class TrainConfig:
         if cfg.n_val is not None:
             count(cfg.n_val, f"{prefix}.n_val")
         choice(cfg.select, f"{prefix}.select", SELECT)
+        if cfg.augment is not None:
+            choice(cfg.augment, f"{prefix}.augment", ["none", "autoaugment", "autoaugment_imagenet",
+                                                      "autoaugment_svhn", "crop_flip"])
+        resolve_device(cfg.device, f"{prefix}.device")
         count(cfg.seed, f"{prefix}.seed", min=0)
         return cfg
+
+
+def resolve_device(device: str, key: str = "device") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else must name an available device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ParamError(f"{key} must be auto, cpu or cuda[:N], got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ParamError(f"{key} is {device!r} but no CUDA device is available (use auto or cpu)")
+    return dev
+
+
+def _augment(x: torch.Tensor, policy: str | None, g: torch.Generator) -> torch.Tensor:
+    if policy in (None, "none"):
+        return x
+    from .data.augment import augment_batch
+    if policy == "crop_flip":
+        return augment_batch(x, None, g, random_crop_flip=True)
+    return augment_batch(x, policy, g)
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -99,13 +127,14 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch
 
 
 def validate(model: nn.Module, ds: TensorDataset, loss_cfg: LossConfig, seed: int,
-             batch_size: int = 500) -> dict[str, float]:
+             batch_size: int = 500, device: torch.device | None = None) -> dict[str, float]:
     """Validation loss (the training objective), natural accuracy and, for adversarial losses,
     PGD robust accuracy / robust inaccuracy at the training eps (attacking the prediction F(x))."""
     loss_fn = get_loss(loss_cfg.name)
     model.eval()
-    x, y = ds.tensors
-    g = torch.Generator().manual_seed(seed)
+    device = device or torch.device("cpu")
+    x, y = (t.to(device) for t in ds.tensors)
+    g = torch.Generator().manual_seed(seed) if device.type == "cpu" else None
     total, n = 0.0, 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
@@ -167,6 +196,8 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
             print(f"[{desc}] resuming after epoch {start}/{cfg.epochs} from {state_path}")
         else:
             print(f"[{desc}] ignoring {state_path}: made with other params")
+    device = resolve_device(cfg.device)
+    model.to(device)
     x, y = train.tensors
     for epoch in range(start, cfg.epochs):
         for group in opt.param_groups:
@@ -179,7 +210,8 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
         bar = tqdm(range(nb), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
         for b in bar:
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss, stats = loss_fn(model, x[idx], y[idx], loss_cfg, g)
+            xb = _augment(x[idx], cfg.augment, g).to(device, non_blocking=True)
+            loss, stats = loss_fn(model, xb, y[idx].to(device), loss_cfg, g if device.type == "cpu" else None)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"[{desc}] non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {b + 1}; "
@@ -191,7 +223,7 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         metrics = {f"train_{k}": v / nb for k, v in sums.items()}
-        metrics.update(validate(model, val, loss_cfg, seed=cfg.seed + 7))
+        metrics.update(validate(model, val, loss_cfg, seed=cfg.seed + 7, device=device))
         metrics["lr"] = lr_at(cfg, epoch)
         score = _score(metrics, cfg.select) if cfg.select != "last" else epoch
         if score >= best_score:
@@ -206,4 +238,4 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
                          "best_score": best_score}, state_path)
     model.load_state_dict(best)
     model.eval()
-    return model, history
+    return model.cpu(), history

@@ -133,7 +133,7 @@ class APGD:
     def __init__(self, model: nn.Module, norm: str = "linf", eps: float | None = None, steps: int = 40,
                  restarts: int = 1, objective: str = "ce", rho: float = 0.75, seed: int = 0,
                  batch_size: int = 500, device: str | torch.device | None = None,
-                 progress: bool = False):
+                 progress: bool = False, stop_when_fooled: bool | None = None):
         if eps is None:
             raise ParamError("APGD needs eps (the threat-model radius)")
         self.model = model
@@ -158,8 +158,9 @@ class APGD:
         self.device = torch.device(device) if device is not None else None
         self.progress = progress
         # "ce": a misclassified point is final, so the sample leaves the batch (the speed-up).
-        # "conf": keep raising the other-class confidence of misclassified samples.
-        self.stop_when_fooled = objective == "ce"
+        # "conf": by default keep raising the other-class confidence of misclassified samples;
+        # ``stop_when_fooled=True`` drops them too (enough when only "was F(x) kept?" matters).
+        self.stop_when_fooled = objective == "ce" if stop_when_fooled is None else bool(stop_when_fooled)
         self._checkpoints = checkpoints(self.steps)
 
     # ------------------------------------------------------------------ public API
@@ -351,8 +352,8 @@ class APGD:
 def worst_case_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                            norm: str = "linf", steps: int = 40, restarts: int = 1,
                            objective: str = "ce", seed: int = 0, batch_size: int = 500,
-                           progress: bool = False, device: str | torch.device | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           progress: bool = False, device: str | torch.device | None = None,
+                           stop_when_fooled: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :class:`APGD` and return, per sample, ``(argmax f(x'), softmax(f(x'))_y)`` at the
     returned point ``x'`` (a LongTensor and a FloatTensor on ``x``'s device).
 
@@ -360,7 +361,8 @@ def worst_case_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
     ``adv_pred != y`` exactly where the attack reports success. ``eps == 0`` gives the natural
     prediction and the natural probability of ``y``."""
     attack = APGD(model, norm=norm, eps=eps, steps=steps, restarts=restarts, objective=objective,
-                  seed=seed, batch_size=batch_size, device=device, progress=progress)
+                  seed=seed, batch_size=batch_size, device=device, progress=progress,
+                  stop_when_fooled=stop_when_fooled)
     _, logits = attack.run(x, y)
     if len(logits) == 0:
         return torch.empty(0, dtype=torch.long, device=x.device), torch.empty(0, device=x.device)

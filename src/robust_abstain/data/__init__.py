@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import DataError, ParamError
 from ..io import load_checkpoint, save_checkpoint
+from ..params import count
 
 
 class DatasetName(str, Enum):
@@ -75,6 +76,17 @@ def subsample(x: torch.Tensor, y: torch.Tensor, n: int | None, seed: int):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(y), generator=g)[:n].sort().values
     return x[idx], y[idx]
+
+
+def subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg: dict[str, Any], prefix: str, seed: int):
+    """Seeded random subsets of train / val / test as ``cfg``'s ``n_train`` / ``n_val`` / ``n_test``
+    ask (absent or None: the whole split). Returns the six tensors in the same order."""
+    out: list[torch.Tensor] = []
+    for (a, b), key, s in (((x, y), "n_train", seed), ((x_va, y_va), "n_val", seed + 1),
+                           ((x_te, y_te), "n_test", seed + 2)):
+        n = cfg.get(key)
+        out += subsample(a, b, None if n is None else count(n, f"{prefix}.{key}"), s)
+    return tuple(out)
 
 
 def prepare(name: str, cfg: dict[str, Any], seed: int) -> Prepared:

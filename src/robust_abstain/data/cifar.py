@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..params import count, probability
-from . import Prepared, split_train_val, subsample
+from ..params import probability
+from . import Prepared, split_train_val, subsample_splits
 
 CIFAR_MEAN = {"cifar10": [0.4914, 0.4822, 0.4465], "cifar100": [0.5071, 0.4865, 0.4409]}
 CIFAR_STD = {"cifar10": [0.2471, 0.2435, 0.2616], "cifar100": [0.2673, 0.2564, 0.2762]}
@@ -153,12 +153,7 @@ def prepare_cifar(name: str, cfg: dict, seed: int) -> Prepared:
                         f"'{lay['names_key']}', found {len(names)}")
     val_fraction = probability(cfg.get("val_fraction", 0.1), f"{name}.val_fraction")
     x, y, x_va, y_va = split_train_val(x, y, val_fraction, seed)
-    if cfg.get("n_train") is not None:
-        x, y = subsample(x, y, count(cfg["n_train"], f"{name}.n_train"), seed)
-    if cfg.get("n_val") is not None:
-        x_va, y_va = subsample(x_va, y_va, count(cfg["n_val"], f"{name}.n_val"), seed + 1)
-    if cfg.get("n_test") is not None:
-        x_te, y_te = subsample(x_te, y_te, count(cfg["n_test"], f"{name}.n_test"), seed + 2)
+    x, y, x_va, y_va, x_te, y_te = subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg, f"{name}", seed)
     return Prepared(name, x.contiguous(), y, x_va.contiguous(), y_va, x_te.contiguous(), y_te,
                     num_classes=lay["num_classes"], mean=list(CIFAR_MEAN[name]),
                     std=list(CIFAR_STD[name]), class_names=names)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..params import count, probability
-from . import Prepared, split_train_val, subsample
+from ..params import probability
+from . import Prepared, split_train_val, subsample_splits
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -81,14 +81,6 @@ def prepare_fashion_mnist(cfg: dict, seed: int) -> Prepared:
         raise DataError(f"Fashion-MNIST in {root}: image and label counts differ")
     val_fraction = probability(cfg.get("val_fraction", 0.1), "fashion_mnist.val_fraction")
     x, y, x_va, y_va = split_train_val(x, y, val_fraction, seed)
-    n_train = cfg.get("n_train")
-    if n_train is not None:
-        x, y = subsample(x, y, count(n_train, "fashion_mnist.n_train"), seed)
-    n_val = cfg.get("n_val")
-    if n_val is not None:
-        x_va, y_va = subsample(x_va, y_va, count(n_val, "fashion_mnist.n_val"), seed + 1)
-    n_test = cfg.get("n_test")
-    if n_test is not None:
-        x_te, y_te = subsample(x_te, y_te, count(n_test, "fashion_mnist.n_test"), seed + 2)
+    x, y, x_va, y_va, x_te, y_te = subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg, "fashion_mnist", seed)
     return Prepared("fashion_mnist", x, y, x_va, y_va, x_te, y_te, num_classes=10,
                     mean=[0.2860], std=[0.3530], class_names=CLASSES)

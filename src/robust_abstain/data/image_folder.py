@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..params import count, probability
-from . import Prepared, split_train_val, subsample
+from . import Prepared, split_train_val, subsample_splits
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -109,11 +109,6 @@ def prepare_image_folder(cfg: dict, seed: int) -> Prepared:
     val_fraction = probability(cfg.get("val_fraction", 0.1), "image_folder.val_fraction")
     x, y, x_va, y_va = split_train_val(x, y, val_fraction, seed)
     mean, std = channel_mean_std(x)  # from the training part only
-    if cfg.get("n_train") is not None:
-        x, y = subsample(x, y, count(cfg["n_train"], "image_folder.n_train"), seed)
-    if cfg.get("n_val") is not None:
-        x_va, y_va = subsample(x_va, y_va, count(cfg["n_val"], "image_folder.n_val"), seed + 1)
-    if cfg.get("n_test") is not None:
-        x_te, y_te = subsample(x_te, y_te, count(cfg["n_test"], "image_folder.n_test"), seed + 2)
+    x, y, x_va, y_va, x_te, y_te = subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg, "image_folder", seed)
     return Prepared(str(cfg.get("name", "image_folder")), x, y, x_va, y_va, x_te, y_te,
                     num_classes=len(classes), mean=mean, std=std, class_names=classes)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..params import choice, count, non_negative, probability
-from . import Prepared, split_train_val, subsample
+from . import Prepared, split_train_val, subsample_splits
 from .image_folder import channel_mean_std
 
 log = logging.getLogger(__name__)
@@ -228,11 +228,6 @@ def prepare_mtsd(cfg: dict, seed: int) -> Prepared:
 
     x, y, x_va, y_va = split_train_val(x, y, val_fraction, seed)
     mean, std = channel_mean_std(x)  # from the training part only
-    if cfg.get("n_train") is not None:
-        x, y = subsample(x, y, count(cfg["n_train"], "mtsd.n_train"), seed)
-    if cfg.get("n_val") is not None:
-        x_va, y_va = subsample(x_va, y_va, count(cfg["n_val"], "mtsd.n_val"), seed + 1)
-    if cfg.get("n_test") is not None:
-        x_te, y_te = subsample(x_te, y_te, count(cfg["n_test"], "mtsd.n_test"), seed + 2)
+    x, y, x_va, y_va, x_te, y_te = subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg, "mtsd", seed)
     return Prepared("mtsd", x, y, x_va, y_va, x_te, y_te, num_classes=len(classes),
                     mean=mean, std=std, class_names=classes)

@@ -26,8 +26,21 @@ class ModelSpec:
     width: int | None = None
 
     def build(self) -> nn.Module:
+        if self.arch.startswith(ZOO_PREFIX):  # a RobustBench architecture (normalisation inside)
+            from .zoo import build_zoo_architecture
+            dataset, threat_model, name = self.arch[len(ZOO_PREFIX):].split("/", 2)
+            return build_zoo_architecture(name, dataset, threat_model)
         model = build_model(self.arch, self.input_shape, self.num_classes, self.mean, self.std, self.width)
         return to_fast_layout(model, self.input_shape)
+
+
+ZOO_PREFIX = "zoo:"
+
+
+def zoo_spec(name: str, dataset: str, threat_model: str, input_shape, num_classes: int) -> ModelSpec:
+    """The spec of a RobustBench model: ``arch = "zoo:<dataset>/<threat_model>/<name>"``."""
+    return ModelSpec(f"{ZOO_PREFIX}{dataset}/{threat_model}/{name}", tuple(input_shape), num_classes,
+                     (0.0,), (1.0,))
 
 
 def to_fast_layout(model: nn.Module, input_shape) -> nn.Module:
