@@ -138,6 +138,16 @@ def _resolve_adaptive(key: str, by_name: dict[str, ModelInfo]) -> tuple[ModelInf
     raise ParamError(f"adaptive record '{key}': selector must be ERI or SR@<tau>, got '{sel}'")
 
 
+def _check_records(models: list[ModelInfo], columns: list[str], kind: str) -> None:
+    """Unique names, the schema's columns, and the same test points for every model."""
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ParamError(f"{kind}model names must be unique, got {names}")
+    for m in models:
+        check(m.records, columns, f"{kind}records of {m.name}")
+    M.align(*[m.records for m in models], names=names)
+
+
 def _round(d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -181,12 +191,7 @@ def build_report(models: list[ModelInfo], out_dir: str | os.PathLike, eps: float
         raise ParamError("build_report needs at least one model")
     if not np.isfinite(eps) or eps <= 0:
         raise ParamError(f"eps must be finite and > 0, got {eps!r}")
-    names = [m.name for m in models]
-    if len(set(names)) != len(names):
-        raise ParamError(f"model names must be unique, got {names}")
-    for m in models:
-        check(m.records, EMPIRICAL_COLUMNS, f"records of {m.name}")
-    M.align(*[m.records for m in models], names=names)
+    _check_records(models, EMPIRICAL_COLUMNS, "")
     core, headline, base = _one(models, "core"), _one(models, "headline"), _one(models, "base")
     if adaptive and core is None:
         raise ParamError("adaptive records need a core model (role 'core') to compose with")
@@ -300,12 +305,7 @@ def build_report(models: list[ModelInfo], out_dir: str | os.PathLike, eps: float
         if not np.isfinite(r1) or r1 <= 0:
             raise ParamError(f"cert_eps must be finite and > 0, got {cert_eps!r}")
         r2 = 2 * r1
-        cnames = [m.name for m in certified]
-        if len(set(cnames)) != len(cnames):
-            raise ParamError(f"certified model names must be unique, got {cnames}")
-        for m in certified:
-            check(m.records, CERTIFIED_COLUMNS, f"certified records of {m.name}")
-        M.align(*[m.records for m in certified], names=cnames)
+        _check_records(certified, CERTIFIED_COLUMNS, "certified ")
         crow, curves = [], {}
         rmax = max([r2 * 1.25] + [float(m.records["cert_radius"].max()) for m in certified])
         radii = np.linspace(0.0, rmax, 101)
