@@ -1,14 +1,17 @@
-"""Stage certify: Cohen et al.'s CERTIFY for the smoothed version of one model on the test points.
+"""Stage certify: Cohen et al.'s CERTIFY for the smoothed version of one model on the test points,
+or on one shard of them (``--shard S`` of the ``certify.shards`` list: the points j with
+j % len(shards) == S).
 
 Per-point results are appended to a partial file as they come, so a killed run resumes where it
-stopped and ends with the same records as an uninterrupted one."""
+stopped and ends with the same records as an uninterrupted one. Noise is seeded per point, so the
+merged shards (stage certify_merge) equal the unsharded records byte for byte."""
 import argparse
 
-import torch
-
 from robust_abstain import stage
-from robust_abstain.certify import Smooth, certify_dataset
+from robust_abstain.certify import (Smooth, certify_dataset, certify_settings, shard_ids, shard_meta,
+                                    shard_positions)
 from robust_abstain.data import load_prepared
+from robust_abstain.io import save_json
 from robust_abstain.models.checkpoint import load_model
 from robust_abstain.params import count, positive, probability
 from robust_abstain.train import resolve_device
@@ -18,23 +21,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", default="data/prepared.pt")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="records CSV; a shard also writes <out>.json")
+    ap.add_argument("--shard", type=int, default=None, help="which shard of certify.shards to run")
     args = ap.parse_args()
     p = stage.params("certify")
     sigma = positive(p.get("sigma"), "certify.sigma")
     n_points = count(p.get("n_points", 500), "certify.n_points")
+    n0, n = count(p.get("n0", 100), "certify.n0"), count(p.get("n", 100000), "certify.n")
+    alpha = probability(p.get("alpha", 0.001), "certify.alpha")
+    seed = count(p.get("seed", 0), "certify.seed", min=0)
+    num_shards = shard_ids(p.get("shards"))
     model, spec, _ = load_model(args.model)
     dev = resolve_device(p.get("device", "auto"), "certify.device")
     model.to(dev)
     test = load_prepared(args.data).split("test")
-    x, y = test.tensors[0][:n_points].to(dev), test.tensors[1][:n_points]
-    df = certify_dataset(Smooth(model, spec.num_classes, sigma), x, y, torch.arange(len(y)), args.out,
-                         n0=count(p.get("n0", 100), "certify.n0"), n=count(p.get("n", 100000), "certify.n"),
-                         alpha=probability(p.get("alpha", 0.001), "certify.alpha"),
-                         batch_size=count(p.get("batch_size", 1000), "certify.batch_size"),
-                         seed=count(p.get("seed", 0), "certify.seed", min=0))
-    print(f"{args.model}: smoothed accuracy {(df.smooth_pred == df.label).mean():.3f}, "
-          f"certified (any radius) {((df.cert_pred == df.label)).mean():.3f} -> {args.out}")
+    n_points = min(n_points, len(test))
+    pos = shard_positions(n_points, args.shard or 0, num_shards if args.shard is not None else 1)
+    smooth = Smooth(model, spec.num_classes, sigma)
+    df = certify_dataset(smooth, test.tensors[0][pos].to(dev), test.tensors[1][pos], pos, args.out,
+                         n0=n0, n=n, alpha=alpha, batch_size=count(p.get("batch_size", 1000), "certify.batch_size"),
+                         seed=seed)
+    if args.shard is not None:
+        save_json(shard_meta(certify_settings(smooth, n0, n, alpha, seed), args.shard, num_shards, n_points),
+                  args.out + ".json")
+    part = f" (shard {args.shard} of {num_shards})" if args.shard is not None else ""
+    print(f"{args.model}{part}: smoothed accuracy {(df.smooth_pred == df.label).mean():.3f}, "
+          f"certified (any radius) {(df.cert_pred == df.label).mean():.3f} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def micro_params(data_root: Path) -> dict:
 def make_project(dest: Path, params: dict) -> Path:
     """A copy of the project (code, stages, dvc.yaml) with the given params, as a git + DVC repo."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "scripts"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)

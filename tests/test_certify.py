@@ -10,7 +10,9 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from robust_abstain.certify import Smooth, certify_dataset, lower_confidence_bound, point_generators
+from robust_abstain.certify import (Smooth, certify_dataset, certify_settings, lower_confidence_bound, merge_shards,
+                                    point_generators, shard_ids, shard_meta, shard_positions)
+from robust_abstain.io import save_json
 from robust_abstain.errors import ParamError
 from robust_abstain.records import ABSTAIN, CERTIFIED_COLUMNS
 
@@ -228,3 +230,62 @@ def test_certify_dataset_validates(tmp_path, data):
     with pytest.raises(ParamError, match="points_per_call"):
         _run(tmp_path, "p.csv", Linear2(), x, y, idx, points_per_call=0)
     assert not any(tmp_path.iterdir())
+
+
+# -- sharding ---------------------------------------------------------------------------------------
+def _shard(tmp_path, model, x, y, s, k, seed=11, name=None):
+    """What stage certify does for shard s of k: certify its points, write the sidecar."""
+    pos = shard_positions(len(x), s, k)
+    out = tmp_path / (name or f"{s}.csv")
+    _run(tmp_path, out.name, model, x[pos], y[pos], pos, seed=seed)
+    save_json(shard_meta(certify_settings(Smooth(model, 2, SIGMA), 40, 400, 0.01, seed), s, k, len(x)),
+              str(out) + ".json")
+    return out
+
+
+def test_shard_positions_partition_the_points():
+    parts = [shard_positions(10, s, 3).tolist() for s in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert shard_positions(2, 2, 3).tolist() == []
+    with pytest.raises(ParamError, match="shard must be in"):
+        shard_positions(10, 3, 3)
+    assert shard_ids(None) == 1 and shard_ids([0]) == 1 and shard_ids([0, 1, 2]) == 3
+    for bad in ([], [1], [0, 2], [0, 0], 3, "0,1"):
+        with pytest.raises(ParamError, match="certify.shards"):
+            shard_ids(bad)
+
+
+def test_merged_shards_equal_the_unsharded_file(tmp_path, data):
+    x, y, _ = data
+    pos = torch.arange(len(x))
+    _run(tmp_path, "whole.csv", Linear2(), x, y, pos)
+    shards = [_shard(tmp_path, Linear2(), x, y, s, 3) for s in range(3)]
+    merged = merge_shards(shards)
+    from robust_abstain.io import save_csv
+    save_csv(merged, tmp_path / "merged.csv")
+    assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert merge_shards(shards[::-1]).equals(merged)  # any order of the files
+
+
+def test_merge_refuses_inconsistent_shards(tmp_path, data):
+    x, y, _ = data
+    good = [_shard(tmp_path, Linear2(), x, y, s, 2) for s in range(2)]
+    with pytest.raises(ParamError, match="missing"):
+        merge_shards([good[0], tmp_path / "9.csv"])
+    with pytest.raises(ParamError, match="expected 1 shards"):
+        merge_shards(good[:1])  # shard 1 left out
+    other_seed = _shard(tmp_path, Linear2(), x, y, 1, 2, seed=5, name="s5.csv")
+    with pytest.raises(ParamError, match=r"differs .* \['seed'\]"):
+        merge_shards([good[0], other_seed])
+    other_model = _shard(tmp_path, Linear2(seed=3), x, y, 1, 2, name="m3.csv")
+    with pytest.raises(ParamError, match=r"\['model'\]"):
+        merge_shards([good[0], other_model])
+    with pytest.raises(ParamError, match="each of 0..1 once"):
+        merge_shards([good[0], good[0]])
+    with pytest.raises(ParamError, match="expected 2 shards over 7"):
+        merge_shards(good, n_points=7)
+    cut = tmp_path / "cut.csv"
+    cut.write_text("".join(good[1].read_text().splitlines(keepends=True)[:-1]))  # a point lost
+    (tmp_path / "cut.csv.json").write_text((tmp_path / "1.csv.json").read_text())
+    with pytest.raises(ParamError, match="exactly the points of shard 1"):
+        merge_shards([good[0], cut])

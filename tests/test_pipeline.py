@@ -43,7 +43,7 @@ def test_dvc_repro_then_exp_run(project):
     r = sh("dvc repro", project)
     stages = ran(r.stdout)
     assert {"prepare", "train@core", "train@base", "finetune@era-1", "finetune_headline", "report",
-            "certify@cra-4", "adaptive_ref@headline", "synthetic"} <= stages
+            "certify@cra-4-0", "certify_merge@cra-4", "adaptive_ref@headline", "synthetic"} <= stages
     reports = project / "reports"
     for f in ("summary.md", "splits.md", "abstain.md", "compositions.md", "adaptive.md", "certified.md",
               "metrics.json", "figures/fig1_synthetic.png", "figures/rob_acc_vs_rob_inacc.png",
@@ -59,7 +59,7 @@ def test_dvc_repro_then_exp_run(project):
     again = ran(r.stdout)
     assert {"finetune_headline", "evaluate_headline", "adaptive_ref@headline", "report"} <= again
     assert not again & {"prepare", "train@core", "train@base", "finetune@era-1", "evaluate@era-1",
-                        "synthetic", "train_noise_base", "certify@cra-4"}
+                        "synthetic", "train_noise_base", "certify@cra-4-0"}
     show = sh("dvc exp show --json", project).stdout
     assert "headline/rob_acc" in show and "0.7" in show
 
@@ -73,6 +73,75 @@ def test_same_params_same_metrics(project):
     before = rec.read_text()
     sh("dvc repro -f -s finetune@era-1 && dvc repro -f -s evaluate@era-1", project)
     assert rec.read_text() == before
+
+
+def _set_params(project, section, key, value):
+    p = yaml.safe_load((project / "params.yaml").read_text())
+    p[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_sharded_certification_in_parallel_equals_unsharded(project):
+    """certify.shards: [0, 1] splits each model's certification over two stages; run at once by
+    scripts/repro_parallel.py, then merged by dvc repro, they give the one-shard records byte for
+    byte (noise is seeded per point)."""
+    if not (project / "results/certified/cra-4.csv").exists():
+        sh("dvc repro", project)
+    before = {f.name: f.read_bytes() for f in (project / "results/certified").glob("*.csv")}
+    assert len(before) == 4
+    _set_params(project, "certify", "shards", [0, 1])
+    try:
+        r = sh(f"{sys.executable} scripts/repro_parallel.py -j 2 'certify@*'", project)
+        assert "wave 1: 4 stage(s), 2 at a time" in r.stdout
+        for key in ("cra-4", "noise-ft"):
+            for s in (0, 1):
+                assert (project / f".dvc/tmp/repro_parallel/certify@{key}-{s}.log").is_file()
+                assert (project / f"results/certify_shards/{key}/{s}.csv.json").is_file()
+        r = sh("dvc repro", project)
+        again = ran(r.stdout)
+        assert {"certify_ref@headline-1", "certify_merge@cra-4", "certify_merge_ref@noise_base"} <= again
+        assert not again & {"certify@cra-4-0", "certify@cra-4-1", "certify@noise-ft-1", "report"}
+        after = {f.name: f.read_bytes() for f in (project / "results/certified").glob("*.csv")}
+        assert after == before
+        assert sh("dvc status", project).stdout.strip().endswith("up to date.")
+        _set_params(project, "certify", "shards", [0, 2])
+        r = stage(project, "stages/certify.py", "--model", "models/cert/cra-4.pt", "--shard", "1",
+                  "--out", "results/bad.csv")
+        assert r.returncode == 1 and "certify.shards must be the list [0, 1, ..., k-1]" in r.stderr
+        assert not (project / "results/bad.csv").exists()
+    finally:
+        _set_params(project, "certify", "shards", [0, 1])
+    sh("git add -A && git commit -qm shards", project)
+
+
+@pytest.mark.slow
+def test_queued_beta_sweep_runs_with_two_workers(project):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: two headline betas as parallel experiments,
+    each re-running only the headline chain."""
+    import time
+    if not sh("dvc status", project).stdout.strip().endswith("up to date."):
+        sh("dvc repro && git add -A && git commit -qm sync", project)
+    for beta in (0.3, 0.9):
+        sh(f"dvc exp run --queue -n beta-{str(beta).replace('.', '_')} -S loss.beta={beta}", project)
+    sh("dvc queue start -j 2", project)
+    deadline = time.monotonic() + 600
+    while True:
+        status = sh("dvc queue status", project).stdout
+        if not re.search(r"Queued|Running", status) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    sh("dvc queue stop", project, check=False)
+    assert status.count("Success") == 2, status
+    for name in ("beta-0_3", "beta-0_9"):
+        logs = sh(f"dvc queue logs {name}", project).stdout
+        stages = ran(logs)
+        assert {"finetune_headline", "evaluate_headline", "report"} <= stages, logs[-2000:]
+        assert not stages & {"prepare", "train@base", "finetune@era-1", "certify@cra-4-0"}
+    show = json.loads(sh("dvc exp show --json", project).stdout)
+    betas = {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["loss"]["beta"]
+             for baseline in show for exp in (baseline.get("experiments") or []) for rev in exp["revs"]}
+    assert betas == {"beta-0_3": 0.3, "beta-0_9": 0.9}
 
 
 def stage(project, *args, check=False):

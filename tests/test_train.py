@@ -1,11 +1,15 @@
-"""The training loop: schedule, resume after a kill, NaN handling, validation-only selection."""
+"""The training loop: schedule, resume after a kill, NaN handling, validation-only selection,
+mixed precision, and augmentation that does not depend on the number of DataLoader workers."""
+import math
+
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from robust_abstain.errors import ParamError, TrainingDivergedError
 from robust_abstain.losses import LossConfig
 from robust_abstain.models.checkpoint import ModelSpec
-from robust_abstain.train import TrainConfig, fit, lr_at
+from robust_abstain.train import EpochBatches, TrainConfig, fit, lr_at
 
 SPEC = ModelSpec("mlp", (2,), 2, (0.5, 0.5), (0.29, 0.29), 16)
 
@@ -22,22 +26,31 @@ def _fit(tiny_data, tmp_path, epochs=3, log=None, loss=LossConfig("trades", eps=
     return fit(model, loss, tiny_data.split("train"), tiny_data.split("val"), cfg, tmp_path / state, log=log)
 
 
-def test_resume_after_kill_gives_the_same_model(tiny_data, tmp_path):
-    ref, hist = _fit(tiny_data, tmp_path, state="ref.pt")
+class Killed(Exception):
+    pass
 
-    class Killed(Exception):
-        pass
 
-    def kill_after_two(epoch, metrics):
-        if epoch == 2:
-            raise Killed
+def _kill_after_two(epoch, metrics):
+    if epoch == 2:
+        raise Killed
+
+
+def assert_resume_is_exact(run):
+    """``run(log, state)`` trains 3 epochs; killed in epoch 2 and resumed, it must end with the
+    weights of an uninterrupted run. Returns the resumed run's history."""
+    ref, _ = run(None, "ref.pt")
     with pytest.raises(Killed):
-        _fit(tiny_data, tmp_path, log=kill_after_two, state="run.pt")
-    # the kill happened before epoch 2's state was saved: resume starts after epoch 1
-    resumed, hist2 = _fit(tiny_data, tmp_path, state="run.pt")
+        run(_kill_after_two, "run.pt")
+    resumed, hist = run(None, "run.pt")
     for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
-    assert [h["epoch"] for h in hist2] == [1, 2, 3]
+    return hist
+
+
+def test_resume_after_kill_gives_the_same_model(tiny_data, tmp_path):
+    hist = assert_resume_is_exact(lambda log, state: _fit(tiny_data, tmp_path, log=log, state=state))
+    # the kill happened before epoch 2's state was saved: resume starts after epoch 1
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
 
 
 def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
@@ -63,3 +76,89 @@ def test_selection_uses_validation(tiny_data, tmp_path):
 def test_bad_train_params(params, msg):
     with pytest.raises(ParamError, match=msg):
         TrainConfig.from_params(params, "finetune.train")
+
+
+# ----------------------------------------------------------------------------- mixed precision
+def _amp_fit(tiny_data, tmp_path, amp, epochs=2, log=None, state="s.pt"):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=epochs, lr=1e-2, batch_size=64, select="last", amp=amp)
+    return fit(SPEC.build(), LossConfig("trades", eps=0.05, pgd_steps=2), tiny_data.split("train"),
+               tiny_data.split("val"), cfg, tmp_path / state, log=log)
+
+
+def _cpu_fp16_autocast() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = torch.nn.functional.linear(torch.ones(2, 2), torch.ones(2, 2))
+        torch.amp.GradScaler("cpu")
+        return out.dtype == torch.float16
+    except (RuntimeError, AttributeError, TypeError):
+        return False
+
+
+def test_amp_bf16_is_close_to_fp32(tiny_data, tmp_path):
+    ref, _ = _amp_fit(tiny_data, tmp_path, "none", state="fp32.pt")
+    low, hist = _amp_fit(tiny_data, tmp_path, "bf16", state="bf16.pt")
+    assert all(math.isfinite(h["train_loss"]) for h in hist)
+    diffs = [(a - b).abs().max().item() for a, b in zip(ref.state_dict().values(), low.state_dict().values())]
+    assert max(diffs) < 0.1  # close, not necessarily equal
+    assert all(v.dtype == torch.float32 for v in low.state_dict().values())  # weights stay fp32
+
+
+def test_amp_fp16_with_scaler_resumes_exactly(tiny_data, tmp_path):
+    if not _cpu_fp16_autocast():
+        pytest.skip("this torch build has no CPU fp16 autocast / GradScaler")
+    hist = assert_resume_is_exact(lambda log, state: _amp_fit(tiny_data, tmp_path, "fp16", epochs=3,
+                                                              log=log, state=state))
+    assert len(hist) == 3 and all(math.isfinite(h["train_loss"]) for h in hist)
+    assert "scaler" in torch.load(tmp_path / "run.pt", weights_only=True)
+
+
+# ----------------------------------------------------------------------------- augmentation workers
+def _image_data(n=160, side=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, side, side), generator=g).float() / 255
+    y = (x[:, 0].mean((1, 2)) > 0.5).long()
+    return TensorDataset(x[:128], y[:128]), TensorDataset(x[128:], y[128:])
+
+
+def _aug_fit(tmp_path, augment, workers, state):
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", (3, 8, 8), 2, (0.5,) * 3, (0.29,) * 3, 4)
+    cfg = TrainConfig(epochs=2, lr=1e-2, batch_size=32, select="last", augment=augment, workers=workers)
+    train, val = _image_data()
+    loss = LossConfig("trades", eps=0.05, pgd_steps=1)
+    model, _ = fit(spec.build(), loss, train, val, cfg, tmp_path / state)
+    return model
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "autoaugment"])
+def test_augmented_batches_do_not_depend_on_workers(tmp_path, augment):
+    a = _aug_fit(tmp_path, augment, 0, "w0.pt")
+    b = _aug_fit(tmp_path, augment, 1, "w1.pt")
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_epoch_batches_are_seeded_per_batch():
+    x = torch.rand(10, 1, 8, 8)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    ds = EpochBatches(x, torch.zeros(10, dtype=torch.long), perm, 4, "crop_flip", seed=3, epoch=1)
+    assert len(ds) == 3 and ds[2][0].shape == (2, 1, 8, 8)
+    assert torch.equal(ds[1][0], ds[1][0])                       # any order, any process
+    assert not torch.equal(ds[1][0], EpochBatches(x, ds.y, perm, 4, "crop_flip", 3, 2)[1][0])  # epoch matters
+    plain = EpochBatches(x, ds.y, perm, 4, None, 3, 1)
+    assert torch.equal(plain[0][0], x[perm[:4]])                 # no augmentation: the plain batch
+
+
+@pytest.mark.parametrize("params,msg", [({"amp": "fp8"}, "amp"), ({"amp": None}, "amp"),
+                                        ({"workers": -1}, "workers"), ({"workers": 1.5}, "workers"),
+                                        ({"workers": "2"}, "workers")])
+def test_bad_amp_and_workers(params, msg):
+    with pytest.raises(ParamError, match=msg):
+        TrainConfig.from_params(params, "finetune.train")
+
+
+def test_amp_and_workers_params_accepted():
+    cfg = TrainConfig.from_params({"amp": "bf16", "workers": 2}, "finetune.train")
+    assert (cfg.amp, cfg.workers) == ("bf16", 2)

@@ -245,6 +245,15 @@ def _read_partial(partial: Path, meta: Path, key: dict, labels: dict[int, int]) 
     return df
 
 
+def certify_settings(smooth: Smooth, n0: int, n: int, alpha: float, seed: int) -> dict:
+    """Everything a certified record depends on besides the point itself: CERTIFY's (n0, n, alpha),
+    sigma, the noise seed and stream layout, and a hash of the base model's weights. Two runs (or two
+    shards) with equal settings certify a point identically."""
+    return {"n0": int(n0), "n": int(n), "alpha": float(alpha), "sigma": smooth.sigma, "seed": int(seed),
+            "num_classes": smooth.num_classes, "noise_block": NOISE_BLOCK,
+            "model": _fingerprint(smooth.base_classifier)}
+
+
 def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
                     indices: Sequence[int] | torch.Tensor, out_path: str | os.PathLike, n0: int, n: int,
                     alpha: float, batch_size: int, seed: int, points_per_call: int = 20,
@@ -274,9 +283,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial.csv")
     meta = out_path.with_name(out_path.name + ".partial.json")
-    key = {"n0": n0, "n": n, "alpha": alpha, "sigma": smooth.sigma, "seed": seed,
-           "num_classes": smooth.num_classes, "noise_block": NOISE_BLOCK,
-           "model": _fingerprint(smooth.base_classifier)}
+    key = certify_settings(smooth, n0, n, alpha, seed)
     labels = dict(zip(idx.tolist(), y.tolist()))
     done = _read_partial(partial, meta, key, labels)
     if done is None:
@@ -317,3 +324,73 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     partial.unlink()
     meta.unlink()
     return df
+
+
+# -- sharding over test points --------------------------------------------------------------------
+def shard_positions(n_points: int, shard: int, num_shards: int) -> torch.Tensor:
+    """Positions j in [0, n_points) with j % num_shards == shard. Strided rather than in blocks, so
+    the shards of a test set sorted by anything (class, difficulty) take about the same time. The
+    shards of 0..num_shards-1 partition range(n_points)."""
+    num_shards = count(num_shards, "num_shards")
+    shard = count(shard, "shard", min=0)
+    if shard >= num_shards:
+        raise ParamError(f"shard must be in [0, {num_shards}), got {shard}")
+    return torch.arange(shard, count(n_points, "n_points", min=0), num_shards)
+
+
+def shard_ids(shards: Sequence[int] | None) -> int:
+    """The number of shards from the params list ``shards`` (a DVC matrix axis), which must be
+    exactly [0, 1, ..., k-1]; None means one shard."""
+    if shards is None:
+        return 1
+    if (not isinstance(shards, (list, tuple)) or not shards
+            or list(shards) != list(range(len(shards)))):
+        raise ParamError(f"certify.shards must be the list [0, 1, ..., k-1], got {shards!r}")
+    return len(shards)
+
+
+def shard_meta(settings: dict, shard: int, num_shards: int, n_points: int) -> dict:
+    """The sidecar JSON of one shard: which part of which run it is."""
+    return {**settings, "shard": int(shard), "num_shards": int(num_shards), "n_points": int(n_points)}
+
+
+def merge_shards(paths: Sequence[str | os.PathLike], n_points: int | None = None) -> pd.DataFrame:
+    """The certified records of all points 0..n_points-1 from shard CSVs (each with its sidecar
+    ``<csv>.json`` from :func:`shard_meta`), sorted by index. ``n_points``: as the shards recorded
+    it when None.
+
+    Guarantee: the result is the file an unsharded run with the same settings writes, because
+    noise is seeded per (seed, index). Refuses, naming the file, shards made with other settings
+    or weights, of another shard count or test-set size, a missing shard, and any point missing or
+    present twice."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ParamError("no shards to merge")
+    frames, ref = [], None
+    for p in paths:
+        meta_path = p.with_name(p.name + ".json")
+        if not p.is_file() or not meta_path.is_file():
+            raise ParamError(f"shard {p} (or its {meta_path.name}) is missing; run its certify stage")
+        meta = json.loads(meta_path.read_text())
+        base = {k: v for k, v in meta.items() if k != "shard"}
+        if ref is None:
+            ref, ref_path = base, p
+            n_points = meta["n_points"] if n_points is None else n_points
+        elif base != ref:
+            diff = sorted(k for k in set(base) | set(ref) if base.get(k) != ref.get(k))
+            raise ParamError(f"shard {p} differs from {ref_path} in {diff}; re-run the stale shard")
+        if meta["n_points"] != n_points or meta["num_shards"] != len(paths):
+            raise ParamError(f"shard {p} is shard {meta['shard']} of {meta['num_shards']} over "
+                             f"{meta['n_points']} points; expected {len(paths)} shards over {n_points}")
+        df = pd.read_csv(p, **_READ)
+        if list(df.columns) != CERTIFIED_COLUMNS:
+            raise ParamError(f"{p} is not a certified-records file (columns {list(df.columns)})")
+        expected = shard_positions(n_points, meta["shard"], meta["num_shards"]).tolist()
+        if df["index"].tolist() != expected:
+            raise ParamError(f"{p} does not hold exactly the points of shard {meta['shard']}")
+        frames.append(df.astype(_DTYPES))
+    shards = sorted(json.loads(p.with_name(p.name + ".json").read_text())["shard"] for p in paths)
+    if shards != list(range(len(paths))):
+        raise ParamError(f"shards {shards} given; expected each of 0..{len(paths) - 1} once")
+    out = pd.concat(frames).sort_values("index", kind="stable").reset_index(drop=True)
+    return out[CERTIFIED_COLUMNS]

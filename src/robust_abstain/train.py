@@ -8,31 +8,42 @@ Guarantees
 * Never selects on the test set: ``select`` ranks epochs on the validation split only.
 * A non-finite loss stops training with :class:`TrainingDivergedError`; the last good epoch's
   state stays on disk for inspection, and no final model is written.
+* Augmentation (``augment``) of batch ``b`` in epoch ``e`` draws only from its own generator,
+  seeded from ``(seed, e, b)``, so the augmented batches, and hence the trained weights, are the
+  same whatever the number of DataLoader ``workers``. Without augmentation the batches are exactly
+  those of the shared per-epoch generator, as before ``workers`` existed.
+* Mixed precision (``amp="bf16"`` / ``"fp16"``) covers only the training loss, including the
+  inner attack that the loss runs; the weights, the optimiser and validation stay fp32. Evaluation
+  attacks (APGD, PGD) and certification elsewhere in the project always run in fp32: low-precision
+  gradients can weaken an attack, which would overstate robust accuracy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from .attacks.pgd import pgd
 from .errors import ParamError, TrainingDivergedError
 from .io import load_checkpoint, save_checkpoint
-from .losses import LossConfig, get_loss
+from .losses import LossConfig, LossFn, Stats, get_loss
 from .params import choice, count, non_negative, number, positive
 
 SELECT = ["last", "val_loss", "val_nat_acc", "val_rob_acc", "val_rob_acc_minus_inacc"]
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class TrainConfig:
     seed: int = 0
     augment: str | None = None     # None | "autoaugment" (the paper's CIFAR fine-tuning policy) | ...
     device: str = "auto"           # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
+    amp: str = "none"              # "none" | "bf16" | "fp16": autocast of the training loss only
+    workers: int = 0               # DataLoader worker processes preparing (augmenting) batches
 
     @classmethod
     def from_params(cls, p: dict, prefix: str) -> "TrainConfig":
@@ -77,6 +90,8 @@ class TrainConfig:
                                                       "autoaugment_svhn", "crop_flip"])
         resolve_device(cfg.device, f"{prefix}.device")
         count(cfg.seed, f"{prefix}.seed", min=0)
+        choice(cfg.amp, f"{prefix}.amp", list(AMP))
+        count(cfg.workers, f"{prefix}.workers", min=0)
         return cfg
 
 
@@ -100,6 +115,57 @@ def _augment(x: torch.Tensor, policy: str | None, g: torch.Generator) -> torch.T
     if policy == "crop_flip":
         return augment_batch(x, None, g, random_crop_flip=True)
     return augment_batch(x, policy, g)
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """The seed of batch ``batch``'s augmentation in epoch ``epoch`` (independent streams via
+    numpy's SeedSequence, as elsewhere in the project)."""
+    return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(1, np.uint64)[0])
+
+
+class EpochBatches(Dataset):
+    """One epoch's training batches as a map-style dataset: item ``b`` is ``(x, y)`` of the
+    indices ``perm[b * batch_size:(b + 1) * batch_size]``, augmented with a generator seeded from
+    ``(seed, epoch, b)`` only, so an item is the same in any process and in any order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, batch_size: int,
+                 augment: str | None, seed: int, epoch: int):
+        self.x, self.y, self.perm, self.batch_size = x, y, perm, batch_size
+        self.augment, self.seed, self.epoch = augment, seed, epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.perm) / self.batch_size)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        idx = self.perm[b * self.batch_size:(b + 1) * self.batch_size]
+        xb = self.x[idx]
+        if self.augment not in (None, "none"):
+            gen = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, b))
+            xb = _augment(xb, self.augment, gen)
+        return xb, self.y[idx]
+
+
+def iterate_batches(ds: EpochBatches, workers: int, device: torch.device
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``ds``'s batches in order: in this process (``workers == 0``) or prepared ahead by a
+    :class:`~torch.utils.data.DataLoader` with ``workers`` processes (pinned memory on CUDA), so
+    augmentation overlaps with the model step. The batches are identical either way."""
+    if workers == 0:
+        return (ds[b] for b in range(len(ds)))
+    return iter(DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                           pin_memory=device.type == "cuda", prefetch_factor=4))
+
+
+def _state_key_cfg(cfg: TrainConfig) -> dict:
+    """The part of ``cfg`` that identifies a resumable state: ``workers`` does not change the
+    result, and ``amp`` at its default is left out so states written before it existed resume."""
+    d = asdict(cfg)
+    del d["workers"]
+    if d["amp"] == "none":
+        del d["amp"]
+    return d
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -171,20 +237,61 @@ def fingerprint(*objs: Any) -> str:
                                       for o in objs], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, loss_cfg: LossConfig,
+               x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+               amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None
+               ) -> tuple[torch.Tensor, Stats]:
+    """One optimisation step of :func:`fit` on the batch ``(x, y)``; returns (loss, stats).
+
+    With ``amp_dtype`` only the loss (including its inner attack) runs under
+    :func:`torch.autocast`; with ``scaler`` (fp16) the step goes through the gradient scaler.
+    A non-finite loss raises :class:`TrainingDivergedError` before any weight changes."""
+    autocast = (torch.autocast(device_type=x.device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    with autocast:
+        loss, stats = loss_fn(model, x, y, loss_cfg, generator)
+    if not torch.isfinite(loss):
+        raise TrainingDivergedError(f"non-finite loss ({loss.item()})")
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return loss, stats
+
+
 def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: TensorDataset,
         cfg: TrainConfig, state_path: str | Path, log: Callable[[int, dict], None] | None = None,
         desc: str = "train") -> tuple[nn.Module, list[dict]]:
     """Train ``model`` with ``loss_cfg`` and return (the selected model, per-epoch history).
 
-    ``state_path`` holds the resumable state (weights, optimiser, best-so-far, history), written
-    atomically after every epoch; a matching state (same configs and initial weights) is resumed."""
+    ``state_path`` holds the resumable state (weights, optimiser, fp16 gradient scaler,
+    best-so-far, history), written atomically after every epoch; a matching state (same configs
+    and initial weights) is resumed, and then ends with the same weights as an uninterrupted run.
+
+    ``cfg.amp``: ``"bf16"`` / ``"fp16"`` run only the training loss (its forward passes and its
+    inner attack, e.g. TRADES's PGD) under :func:`torch.autocast`; the backward pass, the
+    optimiser step, the fp32 weights and :func:`validate` are unchanged. ``"fp16"`` adds a
+    :class:`torch.amp.GradScaler`: steps with overflowing gradients are skipped and the scale
+    lowered, as usual; a non-finite *loss* still raises :class:`TrainingDivergedError`. Evaluation
+    attacks and certification never use this: they always run in fp32, since low-precision
+    gradients can weaken an attack and so overstate robust accuracy.
+
+    ``cfg.workers``: processes that prepare (gather and augment) the batches ahead of the model
+    step; the weights do not depend on it (see :class:`EpochBatches`)."""
     loss_fn = get_loss(loss_cfg.name)
     train = seeded_subset(train, cfg.n_train, cfg.seed)
     val = seeded_subset(val, cfg.n_val, cfg.seed + 1)
     init_sd = {k: v.clone() for k, v in model.state_dict().items()}
-    key = fingerprint(loss_cfg, cfg, hashlib.sha256(b"".join(
+    key = fingerprint(loss_cfg, _state_key_cfg(cfg), hashlib.sha256(b"".join(
         v.detach().cpu().numpy().tobytes() for v in init_sd.values())).hexdigest(), len(train), len(val))
     opt = make_optimizer(model, cfg)
+    device = resolve_device(cfg.device)
+    amp_dtype = AMP[cfg.amp]
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     start, history, best, best_score = 0, [], copy.deepcopy(init_sd), -math.inf
     state_path = Path(state_path)
     if state_path.is_file():
@@ -192,11 +299,12 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
         if st.get("key") == key:
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
+            if scaler is not None:
+                scaler.load_state_dict(st["scaler"])
             start, history, best, best_score = st["epoch"], st["history"], st["best"], st["best_score"]
             print(f"[{desc}] resuming after epoch {start}/{cfg.epochs} from {state_path}")
         else:
             print(f"[{desc}] ignoring {state_path}: made with other params")
-    device = resolve_device(cfg.device)
     model.to(device)
     x, y = train.tensors
     for epoch in range(start, cfg.epochs):
@@ -206,19 +314,19 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
         perm = torch.randperm(len(y), generator=g)
         model.train()
         sums: dict[str, float] = {}
-        nb = math.ceil(len(y) / cfg.batch_size)
-        bar = tqdm(range(nb), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
-        for b in bar:
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb = _augment(x[idx], cfg.augment, g).to(device, non_blocking=True)
-            loss, stats = loss_fn(model, xb, y[idx].to(device), loss_cfg, g if device.type == "cpu" else None)
-            if not torch.isfinite(loss):
+        batches = EpochBatches(x, y, perm, cfg.batch_size, cfg.augment, cfg.seed, epoch)
+        nb = len(batches)
+        bar = tqdm(enumerate(iterate_batches(batches, cfg.workers, device)), total=nb,
+                   desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
+        for b, (xb, yb) in bar:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            try:
+                loss, stats = train_step(model, opt, loss_fn, loss_cfg, xb, yb,
+                                         g if device.type == "cpu" else None, amp_dtype, scaler)
+            except TrainingDivergedError as e:
                 raise TrainingDivergedError(
-                    f"[{desc}] non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {b + 1}; "
-                    f"lower the learning rate (lr={cfg.lr}) or check the data. Last good state: {state_path}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                    f"[{desc}] {e} at epoch {epoch + 1}, batch {b + 1}; lower the learning rate "
+                    f"(lr={cfg.lr}) or check the data. Last good state: {state_path}") from None
             for k, v in {"loss": loss.item(), **stats}.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
@@ -233,9 +341,12 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
         if log is not None:
             log(epoch + 1, metrics)
         print(f"[{desc}] epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        save_checkpoint({"key": key, "epoch": epoch + 1, "model": model.state_dict(),
-                         "optimizer": opt.state_dict(), "history": history, "best": best,
-                         "best_score": best_score}, state_path)
+        state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(),
+                 "optimizer": opt.state_dict(), "history": history, "best": best,
+                 "best_score": best_score}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(state, state_path)
     model.load_state_dict(best)
     model.eval()
     return model.cpu(), history
