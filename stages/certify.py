@@ -8,12 +8,14 @@ merged shards (stage certify_merge) equal the unsharded records byte for byte.""
 import argparse
 
 from robust_abstain import stage
-from robust_abstain.certify import (Smooth, certify_dataset, certify_settings, shard_ids, shard_meta,
-                                    shard_positions)
+import torch
+
+from robust_abstain.certify import Smooth, certify_dataset, certify_settings
 from robust_abstain.data import load_prepared
 from robust_abstain.io import save_json
 from robust_abstain.models.checkpoint import load_model
 from robust_abstain.params import count, positive, probability
+from robust_abstain.shards import shard_ids, shard_meta, shard_positions
 from robust_abstain.train import resolve_device
 
 
@@ -36,7 +38,8 @@ def main() -> None:
     model.to(dev)
     test = load_prepared(args.data).split("test")
     n_points = min(n_points, len(test))
-    pos = shard_positions(n_points, args.shard or 0, num_shards if args.shard is not None else 1)
+    pos = torch.tensor(shard_positions(n_points, args.shard or 0, num_shards if args.shard is not None else 1),
+                       dtype=torch.long)
     smooth = Smooth(model, spec.num_classes, sigma)
     df = certify_dataset(smooth, test.tensors[0][pos].to(dev), test.tensors[1][pos], pos, args.out,
                          n0=n0, n=n, alpha=alpha, batch_size=count(p.get("batch_size", 1000), "certify.batch_size"),

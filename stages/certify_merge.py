@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from robust_abstain import stage
-from robust_abstain.certify import merge_shards, shard_ids
+from robust_abstain.shards import merge_shards, shard_ids
 from robust_abstain.io import save_csv
 
 

@@ -10,8 +10,8 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from robust_abstain.certify import (Smooth, certify_dataset, certify_settings, lower_confidence_bound, merge_shards,
-                                    point_generators, shard_ids, shard_meta, shard_positions)
+from robust_abstain.certify import Smooth, certify_dataset, certify_settings, lower_confidence_bound, point_generators
+from robust_abstain.shards import merge_shards, shard_ids, shard_meta, shard_positions
 from robust_abstain.io import save_json
 from robust_abstain.errors import ParamError
 from robust_abstain.records import ABSTAIN, CERTIFIED_COLUMNS
@@ -235,7 +235,7 @@ def test_certify_dataset_validates(tmp_path, data):
 # -- sharding ---------------------------------------------------------------------------------------
 def _shard(tmp_path, model, x, y, s, k, seed=11, name=None):
     """What stage certify does for shard s of k: certify its points, write the sidecar."""
-    pos = shard_positions(len(x), s, k)
+    pos = torch.tensor(shard_positions(len(x), s, k), dtype=torch.long)
     out = tmp_path / (name or f"{s}.csv")
     _run(tmp_path, out.name, model, x[pos], y[pos], pos, seed=seed)
     save_json(shard_meta(certify_settings(Smooth(model, 2, SIGMA), 40, 400, 0.01, seed), s, k, len(x)),
@@ -244,9 +244,9 @@ def _shard(tmp_path, model, x, y, s, k, seed=11, name=None):
 
 
 def test_shard_positions_partition_the_points():
-    parts = [shard_positions(10, s, 3).tolist() for s in range(3)]
+    parts = [shard_positions(10, s, 3) for s in range(3)]
     assert parts == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert shard_positions(2, 2, 3).tolist() == []
+    assert shard_positions(2, 2, 3) == []
     with pytest.raises(ParamError, match="shard must be in"):
         shard_positions(10, 3, 3)
     assert shard_ids(None) == 1 and shard_ids([0]) == 1 and shard_ids([0, 1, 2]) == 3

@@ -162,3 +162,13 @@ def test_bad_amp_and_workers(params, msg):
 def test_amp_and_workers_params_accepted():
     cfg = TrainConfig.from_params({"amp": "bf16", "workers": 2}, "finetune.train")
     assert (cfg.amp, cfg.workers) == ("bf16", 2)
+
+
+def test_equal_states_save_to_equal_bytes(tmp_path):
+    """Checkpoints are byte-reproducible, so a re-run with the same params leaves dvc.lock as is."""
+    from robust_abstain.io import load_checkpoint, save_checkpoint
+    state = {"model": SPEC.build().state_dict(), "meta": {"epoch": 1}}
+    save_checkpoint(state, tmp_path / "a.pt")
+    save_checkpoint(state, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "a.pt")["meta"] == {"epoch": 1}

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from .errors import ParamError
 from .io import save_csv, save_json
 from .params import count, number, positive
-from .records import ABSTAIN, CERTIFIED_COLUMNS
+from .records import ABSTAIN, CERTIFIED_COLUMNS, CERTIFIED_DTYPES, EXACT_READ
 
 NOISE_BLOCK = 250  # draws per randn call per input: part of the definition of the noise stream
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -215,9 +215,6 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-_READ = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # exact floats
-_DTYPES = {"index": "int64", "label": "int64", "pred": "int64", "conf": "float64",
-           "smooth_pred": "int64", "cert_pred": "int64", "cert_radius": "float64"}
 
 
 def _read_partial(partial: Path, meta: Path, key: dict, labels: dict[int, int]) -> pd.DataFrame | None:
@@ -231,14 +228,14 @@ def _read_partial(partial: Path, meta: Path, key: dict, labels: dict[int, int]) 
         text = partial.read_text()
         if not text.endswith("\n"):  # a line torn by a crash mid-write: drop it
             text = text[:text.rfind("\n") + 1]
-        df = pd.read_csv(io.StringIO(text), on_bad_lines="skip", **_READ)
+        df = pd.read_csv(io.StringIO(text), on_bad_lines="skip", **EXACT_READ)
     except (ValueError, OSError) as e:
         warnings.warn(f"cannot read {partial} ({e}); starting afresh")
         return None
     if list(df.columns) != CERTIFIED_COLUMNS:
         return None
     df = df.apply(pd.to_numeric, errors="coerce").dropna()  # a torn last line from a crash
-    df = df.astype(_DTYPES).drop_duplicates("index")
+    df = df.astype(CERTIFIED_DTYPES).drop_duplicates("index")
     if any(labels.get(i, lab) != lab for i, lab in zip(df["index"], df["label"])):
         warnings.warn(f"{partial} has other labels for the same indices; starting afresh")
         return None
@@ -287,7 +284,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     labels = dict(zip(idx.tolist(), y.tolist()))
     done = _read_partial(partial, meta, key, labels)
     if done is None:
-        done = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _DTYPES.items()})
+        done = pd.DataFrame({c: pd.Series(dtype=t) for c, t in CERTIFIED_DTYPES.items()})
         save_json(key, meta)
     save_csv(done, partial)  # a clean file (no torn line) to append to
     done_set = set(done["index"].tolist())
@@ -315,7 +312,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(pos))
-    df = pd.read_csv(partial, **_READ).astype(_DTYPES)
+    df = pd.read_csv(partial, **EXACT_READ).astype(CERTIFIED_DTYPES)
     df = df[df["index"].isin(labels)].drop_duplicates("index").sort_values("index", kind="stable")
     df = df.reset_index(drop=True)[CERTIFIED_COLUMNS]
     if len(df) != len(idx):
@@ -325,72 +322,3 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     meta.unlink()
     return df
 
-
-# -- sharding over test points --------------------------------------------------------------------
-def shard_positions(n_points: int, shard: int, num_shards: int) -> torch.Tensor:
-    """Positions j in [0, n_points) with j % num_shards == shard. Strided rather than in blocks, so
-    the shards of a test set sorted by anything (class, difficulty) take about the same time. The
-    shards of 0..num_shards-1 partition range(n_points)."""
-    num_shards = count(num_shards, "num_shards")
-    shard = count(shard, "shard", min=0)
-    if shard >= num_shards:
-        raise ParamError(f"shard must be in [0, {num_shards}), got {shard}")
-    return torch.arange(shard, count(n_points, "n_points", min=0), num_shards)
-
-
-def shard_ids(shards: Sequence[int] | None) -> int:
-    """The number of shards from the params list ``shards`` (a DVC matrix axis), which must be
-    exactly [0, 1, ..., k-1]; None means one shard."""
-    if shards is None:
-        return 1
-    if (not isinstance(shards, (list, tuple)) or not shards
-            or list(shards) != list(range(len(shards)))):
-        raise ParamError(f"certify.shards must be the list [0, 1, ..., k-1], got {shards!r}")
-    return len(shards)
-
-
-def shard_meta(settings: dict, shard: int, num_shards: int, n_points: int) -> dict:
-    """The sidecar JSON of one shard: which part of which run it is."""
-    return {**settings, "shard": int(shard), "num_shards": int(num_shards), "n_points": int(n_points)}
-
-
-def merge_shards(paths: Sequence[str | os.PathLike], n_points: int | None = None) -> pd.DataFrame:
-    """The certified records of all points 0..n_points-1 from shard CSVs (each with its sidecar
-    ``<csv>.json`` from :func:`shard_meta`), sorted by index. ``n_points``: as the shards recorded
-    it when None.
-
-    Guarantee: the result is the file an unsharded run with the same settings writes, because
-    noise is seeded per (seed, index). Refuses, naming the file, shards made with other settings
-    or weights, of another shard count or test-set size, a missing shard, and any point missing or
-    present twice."""
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise ParamError("no shards to merge")
-    frames, ref = [], None
-    for p in paths:
-        meta_path = p.with_name(p.name + ".json")
-        if not p.is_file() or not meta_path.is_file():
-            raise ParamError(f"shard {p} (or its {meta_path.name}) is missing; run its certify stage")
-        meta = json.loads(meta_path.read_text())
-        base = {k: v for k, v in meta.items() if k != "shard"}
-        if ref is None:
-            ref, ref_path = base, p
-            n_points = meta["n_points"] if n_points is None else n_points
-        elif base != ref:
-            diff = sorted(k for k in set(base) | set(ref) if base.get(k) != ref.get(k))
-            raise ParamError(f"shard {p} differs from {ref_path} in {diff}; re-run the stale shard")
-        if meta["n_points"] != n_points or meta["num_shards"] != len(paths):
-            raise ParamError(f"shard {p} is shard {meta['shard']} of {meta['num_shards']} over "
-                             f"{meta['n_points']} points; expected {len(paths)} shards over {n_points}")
-        df = pd.read_csv(p, **_READ)
-        if list(df.columns) != CERTIFIED_COLUMNS:
-            raise ParamError(f"{p} is not a certified-records file (columns {list(df.columns)})")
-        expected = shard_positions(n_points, meta["shard"], meta["num_shards"]).tolist()
-        if df["index"].tolist() != expected:
-            raise ParamError(f"{p} does not hold exactly the points of shard {meta['shard']}")
-        frames.append(df.astype(_DTYPES))
-    shards = sorted(json.loads(p.with_name(p.name + ".json").read_text())["shard"] for p in paths)
-    if shards != list(range(len(paths))):
-        raise ParamError(f"shards {shards} given; expected each of 0..{len(paths) - 1} once")
-    out = pd.concat(frames).sort_values("index", kind="stable").reset_index(drop=True)
-    return out[CERTIFIED_COLUMNS]

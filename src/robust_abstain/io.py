@@ -8,11 +8,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -59,15 +60,19 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` a dict of tensors / plain Python values, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` a dict of tensors / plain Python values, atomically. Saving through a file
+    object keeps the archive's inner folder name fixed ("archive"), so equal states give equal
+    bytes (with a path, torch names it after the random temp file) and DVC sees no change."""
+    import torch  # here, not at the top: CSV/JSON writers (e.g. the certify_merge stage) need no torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 _HTML_PREFIXES = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def load_checkpoint(path: str | os.PathLike, map_location: "str | torch.device" = "cpu") -> Any:
     """Load a checkpoint safely (``weights_only=True``) or raise :class:`CheckpointError`.
 
     Recognises the common failure of a download that saved an HTML page (e.g. a Google-Drive
@@ -84,6 +89,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} is an HTML page, not a PyTorch file (a failed or rate-limited "
             f"download). Delete {path} and retry the download, or place the real file there."
         )
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, zip errors, unsafe globals

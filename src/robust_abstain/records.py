@@ -35,6 +35,10 @@ ABSTAIN = -1
 EMPIRICAL_COLUMNS = ["index", "label", "pred", "conf", "eps", "adv_pred_1x", "adv_pred_2x",
                      "sr_pred_1x", "sr_conf_1x", "sr_pred_2x", "sr_conf_2x"]
 CERTIFIED_COLUMNS = ["index", "label", "pred", "conf", "smooth_pred", "cert_pred", "cert_radius"]
+CERTIFIED_DTYPES = {"index": "int64", "label": "int64", "pred": "int64", "conf": "float64",
+                    "smooth_pred": "int64", "cert_pred": "int64", "cert_radius": "float64"}
+#: ``pd.read_csv`` options that read back floats exactly as written
+EXACT_READ = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def check(df: pd.DataFrame, columns: list[str], name: str = "records") -> pd.DataFrame:

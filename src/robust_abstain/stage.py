@@ -7,15 +7,16 @@ import os
 import sys
 from typing import Callable
 
-import torch
-
 from .errors import RobustAbstainError
 from .params import load_params, section
 
 
 def run(main: Callable[[], None]) -> None:
-    """Call ``main``; turn a :class:`RobustAbstainError` into ``error: ...`` on stderr and exit 1."""
-    torch.set_num_threads(int(os.environ.get("RA_THREADS", torch.get_num_threads())))
+    """Call ``main``; turn a :class:`RobustAbstainError` into ``error: ...`` on stderr and exit 1.
+    ``RA_THREADS`` (env) sets torch's CPU threads, for stages that use torch (imported by then)."""
+    torch = sys.modules.get("torch")
+    if os.environ.get("RA_THREADS") and torch is not None:
+        torch.set_num_threads(int(os.environ["RA_THREADS"]))
     try:
         main()
     except RobustAbstainError as e:
