@@ -41,11 +41,12 @@ def select_stages(patterns: list[str]) -> tuple[list[list[str]], list[str]]:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         order = list(reversed(list(nx.topological_sort(graph))))  # dependencies first
         chosen = {s for s in graph if any(fnmatch.fnmatchcase(s.addressing, p) for p in patterns)}
+        deps = {s: nx.descendants(graph, s) for s in chosen}
         wave: dict = {}
         for s in order:
             if s in chosen:
-                wave[s] = 1 + max((wave[d] for d in nx.descendants(graph, s) if d in chosen), default=-1)
-        upstream = {u for s in chosen for u in nx.descendants(graph, s)} - chosen
+                wave[s] = 1 + max((wave[d] for d in deps[s] & chosen), default=-1)
+        upstream = set().union(*deps.values()) - chosen
         waves = [[s.addressing for s in order if wave.get(s) == w] for w in range(max(wave.values(), default=-1) + 1)]
         return waves, [s.addressing for s in order if s in upstream]
 

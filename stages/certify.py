@@ -7,15 +7,15 @@ stopped and ends with the same records as an uninterrupted one. Noise is seeded 
 merged shards (stage certify_merge) equal the unsharded records byte for byte."""
 import argparse
 
-from robust_abstain import stage
 import torch
 
+from robust_abstain import stage
 from robust_abstain.certify import Smooth, certify_dataset, certify_settings
 from robust_abstain.data import load_prepared
 from robust_abstain.io import save_json
 from robust_abstain.models.checkpoint import load_model
 from robust_abstain.params import count, positive, probability
-from robust_abstain.shards import shard_ids, shard_meta, shard_positions
+from robust_abstain.shards import shard_count, shard_meta, shard_positions
 from robust_abstain.train import resolve_device
 
 
@@ -32,22 +32,21 @@ def main() -> None:
     n0, n = count(p.get("n0", 100), "certify.n0"), count(p.get("n", 100000), "certify.n")
     alpha = probability(p.get("alpha", 0.001), "certify.alpha")
     seed = count(p.get("seed", 0), "certify.seed", min=0)
-    num_shards = shard_ids(p.get("shards"))
+    shard, num_shards = (args.shard, shard_count(p.get("shards"))) if args.shard is not None else (0, 1)
     model, spec, _ = load_model(args.model)
     dev = resolve_device(p.get("device", "auto"), "certify.device")
     model.to(dev)
     test = load_prepared(args.data).split("test")
     n_points = min(n_points, len(test))
-    pos = torch.tensor(shard_positions(n_points, args.shard or 0, num_shards if args.shard is not None else 1),
-                       dtype=torch.long)
+    pos = torch.tensor(shard_positions(n_points, shard, num_shards), dtype=torch.long)
     smooth = Smooth(model, spec.num_classes, sigma)
     df = certify_dataset(smooth, test.tensors[0][pos].to(dev), test.tensors[1][pos], pos, args.out,
                          n0=n0, n=n, alpha=alpha, batch_size=count(p.get("batch_size", 1000), "certify.batch_size"),
                          seed=seed)
     if args.shard is not None:
-        save_json(shard_meta(certify_settings(smooth, n0, n, alpha, seed), args.shard, num_shards, n_points),
+        save_json(shard_meta(certify_settings(smooth, n0, n, alpha, seed), shard, num_shards, n_points),
                   args.out + ".json")
-    part = f" (shard {args.shard} of {num_shards})" if args.shard is not None else ""
+    part = f" (shard {shard} of {num_shards})" if args.shard is not None else ""
     print(f"{args.model}{part}: smoothed accuracy {(df.smooth_pred == df.label).mean():.3f}, "
           f"certified (any radius) {(df.cert_pred == df.label).mean():.3f} -> {args.out}")
 

@@ -4,8 +4,8 @@ import argparse
 from pathlib import Path
 
 from robust_abstain import stage
-from robust_abstain.shards import merge_shards, shard_ids
 from robust_abstain.io import save_csv
+from robust_abstain.shards import merge_shards, shard_count
 
 
 def main() -> None:
@@ -14,7 +14,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     p = stage.params("certify")
-    k = shard_ids(p.get("shards"))
+    k = shard_count(p.get("shards"))
     df = merge_shards([Path(args.shards) / f"{s}.csv" for s in range(k)])
     save_csv(df, args.out)
     print(f"{k} shard(s), {len(df)} points -> {args.out}")

@@ -11,7 +11,7 @@ from scipy.stats import norm
 from torch import nn
 
 from robust_abstain.certify import Smooth, certify_dataset, certify_settings, lower_confidence_bound, point_generators
-from robust_abstain.shards import merge_shards, shard_ids, shard_meta, shard_positions
+from robust_abstain.shards import merge_shards, shard_count, shard_meta, shard_positions
 from robust_abstain.io import save_json
 from robust_abstain.errors import ParamError
 from robust_abstain.records import ABSTAIN, CERTIFIED_COLUMNS
@@ -249,10 +249,10 @@ def test_shard_positions_partition_the_points():
     assert shard_positions(2, 2, 3) == []
     with pytest.raises(ParamError, match="shard must be in"):
         shard_positions(10, 3, 3)
-    assert shard_ids(None) == 1 and shard_ids([0]) == 1 and shard_ids([0, 1, 2]) == 3
+    assert shard_count(None) == 1 and shard_count([0]) == 1 and shard_count([0, 1, 2]) == 3
     for bad in ([], [1], [0, 2], [0, 0], 3, "0,1"):
         with pytest.raises(ParamError, match="certify.shards"):
-            shard_ids(bad)
+            shard_count(bad)
 
 
 def test_merged_shards_equal_the_unsharded_file(tmp_path, data):

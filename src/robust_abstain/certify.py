@@ -215,8 +215,6 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-
-
 def _read_partial(partial: Path, meta: Path, key: dict, labels: dict[int, int]) -> pd.DataFrame | None:
     """The valid rows of a previous run with the same settings, or None (start afresh)."""
     if not partial.exists() or not meta.exists():
@@ -321,4 +319,3 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     partial.unlink()
     meta.unlink()
     return df
-

@@ -29,7 +29,7 @@ def shard_positions(n_points: int, shard: int, num_shards: int) -> list[int]:
     return list(range(shard, count(n_points, "n_points", min=0), num_shards))
 
 
-def shard_ids(shards: Sequence[int] | None) -> int:
+def shard_count(shards: Sequence[int] | None) -> int:
     """The number of shards from the params list ``shards`` (a DVC matrix axis), which must be
     exactly [0, 1, ..., k-1]; None means one shard."""
     if shards is None:
@@ -58,7 +58,7 @@ def merge_shards(paths: Sequence[str | os.PathLike], n_points: int | None = None
     paths = [Path(p) for p in paths]
     if not paths:
         raise ParamError("no shards to merge")
-    frames, ref = [], None
+    frames, ids, ref = [], [], None
     for p in paths:
         meta_path = p.with_name(p.name + ".json")
         if not p.is_file() or not meta_path.is_file():
@@ -81,8 +81,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], n_points: int | None = None
         if df["index"].tolist() != expected:
             raise ParamError(f"{p} does not hold exactly the points of shard {meta['shard']}")
         frames.append(df.astype(CERTIFIED_DTYPES))
-    shards = sorted(json.loads(p.with_name(p.name + ".json").read_text())["shard"] for p in paths)
-    if shards != list(range(len(paths))):
-        raise ParamError(f"shards {shards} given; expected each of 0..{len(paths) - 1} once")
+        ids.append(meta["shard"])
+    if sorted(ids) != list(range(len(paths))):
+        raise ParamError(f"shards {sorted(ids)} given; expected each of 0..{len(paths) - 1} once")
     out = pd.concat(frames).sort_values("index", kind="stable").reset_index(drop=True)
     return out[CERTIFIED_COLUMNS]
