@@ -1,41 +1,66 @@
-"""Stage adaptive: the adaptive end-to-end attack on H = S_ERI F_robust + (1 - S_ERI) F_core for one
-robust model, where the paper's evaluation rule may over-count (see robust_abstain.adaptive)."""
+"""Stage adaptive: the end-to-end attack on H = S F_robust + (1 - S) F_core for one robust model, for
+each selector the report composes it with: S_ERI, and S_SR at the tau chosen on validation records
+(robust_abstain.choose, the same choice the report makes). See robust_abstain.adaptive."""
 import argparse
 
 import pandas as pd
 import torch
 
 from robust_abstain import stage
-from robust_abstain.adaptive import adaptive_records
+from robust_abstain.adaptive import AttackConfig, adaptive_records
+from robust_abstain.selectors import SelectorSpec
+from robust_abstain.choose import sr_tau, tau_grid
 from robust_abstain.data import load_prepared
 from robust_abstain.io import save_csv
 from robust_abstain.metrics import align
 from robust_abstain.models.checkpoint import load_model
-from robust_abstain.params import choice, count, non_negative
+from robust_abstain.errors import ParamError
+from robust_abstain.params import choice, count, non_negative, probability
+
+
+def sr_scales(value) -> list:
+    if not isinstance(value, list) or any(v not in (1, 2) for v in value):
+        raise ParamError(f"evaluate.sr_scales must be a list of scales from [1, 2], got {value!r}")
+    return value
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", required=True, help="the robust model F_robust")
-    ap.add_argument("--records", required=True, help="its per-sample records")
+    ap.add_argument("--core-model", default="models/core.pt")
+    ap.add_argument("--records", required=True, help="F_robust's test records")
+    ap.add_argument("--val-records", required=True, help="F_robust's validation records")
     ap.add_argument("--core-records", default="results/records/core.csv")
+    ap.add_argument("--core-val-records", default="results/records/val/core.csv")
     ap.add_argument("--data", default="data/prepared.pt")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    p = stage.params("evaluate")
-    eps = non_negative(p.get("eps"), "evaluate.eps")
+    p, rp = stage.params("evaluate", "report")
     rdf, cdf = align(pd.read_csv(args.records), pd.read_csv(args.core_records), names=["robust", "core"])
-    model, _, _ = load_model(args.model)
+    vr, vc = align(pd.read_csv(args.val_records), pd.read_csv(args.core_val_records),
+                   names=["robust (val)", "core (val)"])
+    specs = [SelectorSpec("ERI")]
+    tau = sr_tau(vr, vc, tau_grid(count(rp.get("taus"), "report.taus", min=2)),
+                 probability(rp.get("max_nat_drop"), "report.max_nat_drop"))
+    if tau is not None:
+        specs.append(SelectorSpec("SR", tau))
+    cfg = AttackConfig(eps=non_negative(p.get("eps"), "evaluate.eps"),
+                       norm=choice(p.get("norm"), "evaluate.norm", ["linf", "l2"]),
+                       steps=count(p.get("steps"), "evaluate.steps"),
+                       restarts=count(p.get("restarts"), "evaluate.restarts"),
+                       push_steps=count(p.get("adaptive_push_steps"), "evaluate.adaptive_push_steps"),
+                       seed=count(p.get("seed"), "evaluate.seed", min=0),
+                       batch_size=count(p.get("batch_size"), "evaluate.batch_size"),
+                       selector_conf=1 in sr_scales(p.get("sr_scales")))
+    robust_model, _, _ = load_model(args.model)
+    core_model, _, _ = load_model(args.core_model)
     test = load_prepared(args.data).split("test")
-    idx = torch.as_tensor(rdf["index"].to_numpy())
+    idx = torch.tensor(rdf["index"].to_numpy())
     x, y = test.tensors[0][idx], test.tensors[1][idx]
-    df = adaptive_records(model, rdf, cdf, x, y, eps,
-                          norm=choice(p.get("norm", "linf"), "evaluate.norm", ["linf", "l2"]),
-                          steps=count(p.get("steps", 40), "evaluate.steps"),
-                          seed=count(p.get("seed", 0), "evaluate.seed", min=0),
-                          batch_size=count(p.get("batch_size", 500), "evaluate.batch_size"))
+    df = adaptive_records(robust_model, core_model, rdf, cdf, specs, x, y, cfg)
     save_csv(df, args.out)
-    print(f"{args.model}: H fooled through the selector on {int(df.h_adv_wrong.sum())} of {len(df)} points")
+    for name, d in df.groupby("selector", sort=False):
+        print(f"{args.model} + {name}: H fooled on {int(d.h_adv_wrong.sum())} of {len(d)} points")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from robust_abstain import stage
-from robust_abstain.errors import DataError
+from robust_abstain.errors import DataError, ParamError
 from robust_abstain.io import save_json
-from robust_abstain.params import count, non_negative, positive
+from robust_abstain.choose import tau_grid
+from robust_abstain.params import count, non_negative, positive, probability
 from robust_abstain.report import ModelInfo, build_report
 
 
@@ -27,23 +27,32 @@ def main() -> None:
     args = ap.parse_args()
     sweep, loss, cert_sweep, cert_loss, ev, ev_l2, rp = stage.params(
         "sweep", "loss", "cert_sweep", "cert_loss", "evaluate", "evaluate_l2", "report")
+    seeds = training_seeds(stage.load_params().get("seeds"))
     res = Path(args.results)
     rec = lambda name: _read(res / "records" / f"{name}.csv")  # noqa: E731
-    models = [ModelInfo("core", "std", None, "core", rec("core")),
-              ModelInfo("base", "trades", None, "base", rec("base"))]
-    models += [ModelInfo(k, e["name"], float(e["beta"]), "sweep", rec(k)) for k, e in sweep.items()]
-    models.append(ModelInfo("headline", loss["name"], float(loss["beta"]), "headline", rec("headline")))
+    val = lambda name: _read(res / "records" / "val" / f"{name}.csv")  # noqa: E731
+    models = [ModelInfo("core", "std", None, "core", rec("core"), val("core")),
+              ModelInfo("base", "trades", None, "base", rec("base"), val("base"))]
+    models += [ModelInfo(k, e["name"], float(e["beta"]), "sweep", rec(k), val(k)) for k, e in sweep.items()]
+    runs = [ModelInfo("headline", loss["name"], float(loss["beta"]), "headline", rec(f"headline/s{s}"),
+                      val(f"headline/s{s}")) for s in seeds]
+    models.append(runs[0])
     cert = lambda name: _read(res / "certified" / f"{name}.csv")  # noqa: E731
     certified = [ModelInfo("noise_base", "noise", None, "base", cert("noise_base"))]
     certified += [ModelInfo(k, e["name"], float(e["beta"]), "sweep", cert(k)) for k, e in cert_sweep.items()]
     certified.append(ModelInfo("headline", cert_loss["name"], float(cert_loss["beta"]), "headline",
                                cert("headline")))
-    adaptive = {m.name: _read(res / "adaptive" / f"{m.name}.csv") for m in models if m.role != "core"}
-    n_taus = count(rp.get("taus", 34), "report.taus", min=2)
+    adaptive = {m.name: _read(res / "adaptive" / f"{m.name}.csv") for m in models
+                if m.role not in ("core", "headline")}
+    adaptive["headline"] = _read(res / "adaptive" / "headline" / f"s{seeds[0]}.csv")
     metrics = build_report(models, args.out, positive(ev.get("eps"), "evaluate.eps"), certified=certified,
                            adaptive=adaptive, cert_eps=non_negative(ev_l2.get("eps"), "evaluate_l2.eps"),
                            certified_core=rec("core_l2"),
-                           taus=np.linspace(0, 0.99, n_taus))
+                           taus=tau_grid(count(rp.get("taus"), "report.taus", min=2)),
+                           max_nat_drop=probability(rp.get("max_nat_drop"), "report.max_nat_drop"),
+                           seed=count(rp.get("seed"), "report.seed", min=0),
+                           seed_runs=runs, seeds=seeds,
+                           seed_adaptive=[_read(res / "adaptive" / "headline" / f"s{s}.csv") for s in seeds])
     synthetic = json.loads(_read_text(res / "synthetic.json"))
     metrics.update({f"synthetic/{split}/{m}/{k}": round(v, 4) for split, per_model in synthetic.items()
                     for m, d in per_model.items() for k, v in d.items()})
@@ -51,6 +60,16 @@ def main() -> None:
     for k in ("core/nat_acc", "core/rob_acc", "headline/rob_acc", "headline/rob_inacc",
               "best_composition/nat_acc", "best_composition/rob_acc"):
         print(f"{k}: {metrics.get(k)}")
+
+
+def training_seeds(value) -> list[int]:
+    """The `seeds` param: a non-empty list of distinct training seeds (integers >= 0)."""
+    if not isinstance(value, list) or not value:
+        raise ParamError(f"seeds must be a non-empty list of training seeds, got {value!r}")
+    seeds = [count(v, "seeds[]", min=0) for v in value]
+    if len(set(seeds)) != len(seeds):
+        raise ParamError(f"seeds must be distinct, got {value!r}")
+    return seeds
 
 
 def _read_text(path: Path) -> str:

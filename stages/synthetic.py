@@ -6,6 +6,7 @@ from robust_abstain.data import prepare
 from robust_abstain.figure1 import plot_figure1, train_synthetic_models
 from robust_abstain.io import save_figure, save_json
 from robust_abstain.params import count, non_negative, positive
+from robust_abstain.train import STATE_DIR
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
         data, eps, p.get("train") or {}, p.get("finetune") or {},
         era_beta=non_negative(p.get("era_beta", 1.0), "synthetic.era_beta"),
         trades_beta=non_negative(p.get("trades_beta", 6.0), "synthetic.trades_beta"),
-        pgd_steps=count(p.get("pgd_steps", 10), "synthetic.pgd_steps"), state_dir="state")
+        pgd_steps=count(p.get("pgd_steps", 10), "synthetic.pgd_steps"), state_dir=STATE_DIR / "synthetic")
     splits = {s: data.split(s).tensors for s in ("train", "test")}
     fig, metrics = plot_figure1(models, splits, eps, seed)
     save_json(metrics, args.metrics)

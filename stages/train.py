@@ -5,6 +5,7 @@ from robust_abstain import stage
 from robust_abstain.data import load_prepared
 from robust_abstain.live import epoch_logger
 from robust_abstain.pipeline import train_model
+from robust_abstain.train import state_dir_for
 
 
 def main() -> None:
@@ -16,7 +17,7 @@ def main() -> None:
     args = ap.parse_args()
     p = stage.params(args.role)
     with epoch_logger(args.live) as log:
-        train_model(p, load_prepared(args.data), args.out, "state", args.role, log=log)
+        train_model(p, load_prepared(args.data), args.out, state_dir_for(args.out), args.role, log=log)
 
 
 if __name__ == "__main__":

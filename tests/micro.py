@@ -48,7 +48,8 @@ def micro_params(data_root: Path) -> dict:
     p["finetune"]["train"].update(epochs=1, n_train=100, n_val=40)
     p["sweep"] = {"era-1": {"name": "era", "beta": 1.0}}  # one entry each: every stage kind, fewer runs
     for sec in ("evaluate", "evaluate_l2"):
-        p[sec].update(steps=3, n_points=40)
+        p[sec].update(steps=3, n_points=40, n_val_points=30)
+    p["evaluate"]["adaptive_push_steps"] = 2
     p["noise_base"]["train"].update(epochs=1, n_train=200)
     p["noise_base"]["width"] = 8
     p["cert_finetune"]["loss"]["k"] = 2

@@ -186,6 +186,21 @@ def test_certify_dataset_records(tmp_path, data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv"]
 
 
+def test_a_partial_file_made_by_other_code_is_not_resumed(tmp_path, data, monkeypatch):
+    """The partial file's key holds the package's source fingerprint: after a code change (here
+    simulated) the stage starts afresh instead of mixing old and new records."""
+    import robust_abstain.train as train
+    x, y, idx = data
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _run(tmp_path, "res.csv", Linear2(fail_after=60), x, y, idx)
+    assert len(pd.read_csv(tmp_path / "res.csv.partial.csv")) == 6
+    monkeypatch.setattr(train, "source_fingerprint", lambda: "other code")
+    again = Linear2()
+    with pytest.warns(UserWarning, match="other settings"):
+        _run(tmp_path, "res.csv", again, x, y, idx)
+    assert again.calls == 3 * 22 + 8  # all 10 points certified again (groups of 3, 3, 3, 1)
+
+
 def test_resume_after_crash_gives_identical_file(tmp_path, data):
     x, y, idx = data
     _run(tmp_path, "full.csv", Linear2(), x, y, idx)

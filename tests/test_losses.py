@@ -1,15 +1,18 @@
 """Hand-computed checks of each loss, named after the paper's equations."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import brentq
+from scipy.special import log_ndtr
 from scipy.stats import norm
 from torch import nn
 
 from robust_abstain.errors import ParamError
-from robust_abstain.losses import (LOSSES, LossConfig, cra_loss, era_term, kl_div, macer_radius,
-                                   most_likely_other, soft_inaccuracy, trades_terms)
+from robust_abstain.losses import (LOSSES, LossConfig, _noisy, cra_loss, era_term, kl_div, macer_radius,
+                                   mart_loss, most_likely_other, soft_inaccuracy, trades_terms)
 from robust_abstain.models.nets import build_model
 
 
@@ -22,6 +25,28 @@ class Const(nn.Module):
 
     def forward(self, x):
         return self.logits.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]
+
+
+class Recorder(nn.Module):
+    """Wraps a model; records (a detached copy of) every input it is called with."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return build_model("mlp", (2,), 3, [0.5, 0.5], [0.3, 0.3])
+
+
+def _param_grads(model, loss):
+    return torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
 
 
 def test_most_likely_other_excludes_prediction():
@@ -72,12 +97,95 @@ def test_trades_reduces_to_ce_for_a_constant_model():
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
 
 
+def _trades_by_hand(model, x, x_adv, y, gamma):
+    """(5) written out: CE(f(x), y) + gamma * mean_i sum_c p_c(x) (log p_c(x) - log p_c(x'))."""
+    logits = model(x)
+    p, logp = F.softmax(logits, 1), F.log_softmax(logits, 1)
+    kl = (p * (logp - F.log_softmax(model(x_adv), 1))).sum(1).mean()
+    return F.cross_entropy(logits, y) + gamma * kl
+
+
+def test_trades_terms_with_given_x_adv_runs_two_forwards_and_matches_eq5():
+    """A given x' needs f(x) and f(x') only: no eval-mode forward of x whose result is unused."""
+    model = Recorder(_mlp())
+    x, y = torch.rand(8, 2), torch.randint(0, 3, (8,))
+    x_adv = (x + 0.1 * torch.rand(8, 2)).clamp(0, 1)
+    cfg = LossConfig("trades", eps=0.1, pgd_steps=3)
+    loss, logits_nat, x_out, st = trades_terms(model, x, y, cfg, gamma=6.0, x_adv=x_adv)
+    assert len(model.inputs) == 2
+    assert torch.equal(model.inputs[0], x) and torch.equal(model.inputs[1], x_adv) and x_out is x_adv
+    ref = _trades_by_hand(model.model, x, x_adv, y, 6.0)
+    assert torch.allclose(loss, ref, rtol=1e-6, atol=0)
+    for a, b in zip(_param_grads(model, loss), _param_grads(model.model, ref)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_trades_terms_attack_path_matches_eq5_at_its_own_x_adv():
+    """Without x': one eval forward for the KL target, the PGD steps, then f(x) and f(x')."""
+    model = Recorder(_mlp())
+    x, y = torch.rand(8, 2), torch.randint(0, 3, (8,))
+    cfg = LossConfig("trades", eps=0.1, pgd_steps=3)
+    loss, _, x_adv, _ = trades_terms(model, x, y, cfg, gamma=6.0, generator=torch.Generator().manual_seed(0))
+    assert len(model.inputs) == 1 + cfg.pgd_steps + 2
+    assert torch.equal(model.inputs[-1], x_adv)
+    assert torch.allclose(loss, _trades_by_hand(model.model, x, x_adv, y, 6.0), rtol=1e-6, atol=0)
+
+
 def test_macer_radius_matches_formula():
     sigma = 0.5
     # one draw, inv_temp 1, p = (0.8, 0.15, 0.05): CR = sigma / 2 * (PhiInv(0.8) - PhiInv(0.15))
     logits = torch.log(torch.tensor([[[0.8, 0.15, 0.05]]]))
     cr = macer_radius(logits, sigma, inv_temp=1.0)
     assert cr.item() == pytest.approx(sigma / 2 * (norm.ppf(0.8) - norm.ppf(0.15)), rel=1e-4)
+
+
+def test_macer_radius_matches_eq9_over_draws_at_inverse_temperature():
+    """k = 3 draws, G = 4, moderate probabilities: sigma/2 * (PhiInv(p_top) - PhiInv(p_second)) with
+    p = mean_j softmax(G * logits_j), computed in float64 with scipy."""
+    logits = torch.tensor([[[0.3, 0.1, -0.2], [0.5, 0.4, 0.0], [0.0, 0.2, 0.1]],
+                           [[-0.1, 0.0, 0.35], [0.2, -0.3, 0.1], [0.0, 0.1, 0.3]]])
+    z = 4 * logits.double().numpy()
+    p = (np.exp(z) / np.exp(z).sum(2, keepdims=True)).mean(1)
+    top2 = -np.sort(-p, axis=1)[:, :2]
+    ref = 0.25 / 2 * (norm.ppf(top2[:, 0]) - norm.ppf(top2[:, 1]))
+    assert np.allclose(macer_radius(logits, 0.25, 4.0).numpy(), ref, rtol=1e-5, atol=1e-7)
+
+
+def _two_class_radius(m, sigma, inv_temp):
+    """(9) for logits (m, 0), one draw: p_second = sigmoid(-G m), CR = -sigma * PhiInv(p_second),
+    dCR/dm = sigma * G * (1 - p_second) * p_second / phi(PhiInv(p_second)); in log space (scipy)."""
+    log_q = -np.logaddexp(0.0, inv_temp * m)
+    z = brentq(lambda t: log_ndtr(t) - log_q, -100.0, 0.0, xtol=1e-14, rtol=1e-14)
+    slope = math.exp(log_q + z * z / 2 + 0.5 * math.log(2 * math.pi))  # q / phi(z)
+    return -sigma * z, sigma * inv_temp * (1 - math.exp(log_q)) * slope
+
+
+@pytest.mark.parametrize("margin", [1.0, 3.5, 6.0, 10.0, 30.0, 200.0])
+def test_macer_radius_keeps_value_and_gradient_for_confident_points(margin):
+    """(9) for a confidently wrong point: the radius and its gradient stay exact (no clamp), so
+    CRA's term (7) can lower the robust-inaccurate radius. A clamp of p at 1e-6 zeroed the
+    gradient from G * margin ~ 14 on (margin 3.5 at G = 4)."""
+    sigma, G = 0.25, 4.0
+    m = torch.tensor(margin, requires_grad=True)
+    logits = torch.stack([m, torch.zeros(())])[None, None, :]  # [B=1, k=1, C=2]
+    cr = macer_radius(logits, sigma, G)
+    (grad,) = torch.autograd.grad(cr.sum(), m)
+    ref, ref_grad = _two_class_radius(margin, sigma, G)
+    assert torch.isfinite(cr).all() and torch.isfinite(grad)
+    assert grad.item() > 0 and grad.item() == pytest.approx(ref_grad, rel=1e-4)
+    assert cr.item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_macer_radius_gradient_reaches_the_logits_of_a_confident_multiclass_point():
+    """Margin 6 at G = 4 with 3 classes and 4 draws: the top two classes' logits get finite,
+    non-zero gradients, and descending them lowers the top class's logit and raises the runner-up's."""
+    jitter = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0))
+    logits = torch.tensor([[6.0, 0.0, -1.0]]).repeat(4, 1)[None] + 0.1 * jitter
+    logits.requires_grad_(True)
+    cr = macer_radius(logits, 0.25, 4.0)
+    (grad,) = torch.autograd.grad(cr.sum(), logits)
+    assert torch.isfinite(cr).all() and torch.isfinite(grad).all()
+    assert (grad[0, :, 0] > 1e-3).all() and (grad[0, :, 1] < -1e-3).all()
 
 
 def test_cra_radius_term_vanishes_for_confident_correct_model():
@@ -97,6 +205,50 @@ def test_cra_penalises_robust_inaccuracy():
     assert loss.item() > 0 and st["radius"] > 0
     loss.backward()
     assert model.logits.grad[0] > 0  # descending it lowers the wrong class's logit
+
+
+def test_mart_weight_is_not_detached():
+    """MART: mean BCE(f(x'), y) + beta * mean KL(f(x) || f(x')) * (1 - f(x)_y), with the gradient
+    flowing through the weight 1 - f(x)_y (as in MART's reference code), written out by hand at
+    the x' the loss used."""
+    model = Recorder(_mlp()).double()  # float64: the hand formula's rounding stays far below the effect
+    with torch.no_grad():  # sharper logits than at initialisation, so that the KL term matters
+        for prm in model.parameters():
+            prm.mul_(3)
+    x, y = torch.rand(16, 2, dtype=torch.float64), torch.randint(0, 3, (16,))
+    cfg = LossConfig("mart", beta=6.0, eps=0.3, pgd_steps=3)
+    loss, _ = mart_loss(model, x, y, cfg, torch.Generator().manual_seed(0))
+    x_nat, x_adv = model.inputs[-2], model.inputs[-1]
+    assert torch.equal(x_nat, x)
+    f = model.model
+    logp_nat, logp_adv = F.log_softmax(f(x), 1), F.log_softmax(f(x_adv), 1)
+    p_nat, p_adv = logp_nat.exp(), logp_adv.exp()
+    other = p_adv.scatter(1, y[:, None], 0).max(1).values
+    bce = -logp_adv.gather(1, y[:, None]).squeeze(1) - torch.log(1.0001 - other)
+    kl = (p_nat * (logp_nat - logp_adv)).sum(1)
+    weight = 1 - p_nat.gather(1, y[:, None]).squeeze(1)
+    ref = bce.mean() + 6.0 * (kl * weight).mean()
+    detached = bce.mean() + 6.0 * (kl * weight.detach()).mean()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    got, want, wrong = (torch.cat([g.flatten() for g in _param_grads(m, v)])
+                        for m, v in ((model, loss), (f, ref), (f, detached)))
+    assert (got - want).norm() < 1e-10 * want.norm()
+    assert (wrong - want).norm() > 0.05 * want.norm()  # the test can tell the two apart
+
+
+def test_noisy_draws_from_the_generator_in_the_documented_layout():
+    x = torch.rand(3, 2)
+    out = _noisy(x, 4, 0.5, torch.Generator().manual_seed(3))
+    eta = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, x.repeat_interleave(4, 0) + 0.5 * eta)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_noisy_accepts_a_cpu_generator_for_cuda_inputs():
+    x = torch.rand(3, 2)
+    a = _noisy(x.cuda(), 4, 0.5, torch.Generator().manual_seed(3))
+    b = _noisy(x, 4, 0.5, torch.Generator().manual_seed(3))
+    assert a.device.type == "cuda" and torch.allclose(a.cpu(), b)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

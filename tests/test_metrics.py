@@ -1,4 +1,8 @@
-"""Metrics (1)/(2), splits, and selectors (S_ERI, S_SR, S_CRI) on hand-built records."""
+"""Metrics (1)/(2), splits, and selectors (S_ERI, S_SR, S_CRI) on hand-built records.
+
+Robustness at a scale is the AND over every attack run at scales 1 .. s (APGD-CE, and APGD-conf
+where it was run); S_SR robust selection also needs every attack's lowest confidence at 2 eps to
+stay >= tau (issue 9, item 6)."""
 
 import numpy as np
 import pandas as pd
@@ -13,12 +17,14 @@ from robust_abstain.selectors import (TAU_GRID, Selection, abstain_metrics, cert
 
 
 def empirical_ten() -> pd.DataFrame:
-    """10 points; comments: accurate / robust at eps (r1) / robust at 2 eps (r2)."""
+    """10 points; comments: accurate / robust at eps (r1) / robust at 2 eps (r2), by every attack.
+    APGD-CE's confidences (adv_conf_1x/2x) are NaN (not recorded), so the worst confidence is that
+    of APGD-conf and the clean point."""
     rows = [  # label, pred, adv1, adv2, conf, sr_pred_1x, sr_conf_1x, sr_pred_2x, sr_conf_2x
         (0, 0, 0, 0, 0.95, 0, 0.94, 0, 0.93),    # acc  r1 r2
         (1, 1, 1, 1, 0.60, 1, 0.55, 1, 0.50),    # acc  r1 r2
         (2, 2, 2, 0, 0.90, 2, 0.88, 2, 0.85),    # acc  r1, NOT r2 (robust at eps, not 2 eps)
-        (3, 3, 0, 3, 0.99, 3, 0.95, 1, 0.60),    # acc  not r1 (2x attack missed: still not r2)
+        (3, 3, 0, 3, 0.99, 3, 0.95, 3, 0.96),    # acc  not r1 (both 2x attacks missed: still not r2)
         (4, 4, 1, 1, 0.50, 4, 0.45, 4, 0.40),    # acc  non-robust
         (5, 0, 0, 0, 0.97, 0, 0.89, 0, 0.95),    # inacc r1 r2 (robust misclassification)
         (6, 0, 0, 1, 0.80, 0, 0.75, 0, 0.70),    # inacc r1 not r2
@@ -30,6 +36,7 @@ def empirical_ten() -> pd.DataFrame:
                                      "sr_pred_1x", "sr_conf_1x", "sr_pred_2x", "sr_conf_2x"])
     df.insert(0, "index", np.arange(100, 110))
     df["eps"] = 0.1
+    df["adv_conf_1x"] = df["adv_conf_2x"] = np.nan
     return df
 
 
@@ -74,9 +81,11 @@ def test_splits_tables_7_8_sum_to_one():
 
 def test_per_sample_worst_case_robust_at_2x_attack_but_not_1x():
     df = empirical_ten()
-    # point 3 (index 103) and 7 (107): the 2 eps attack missed, the eps attack did not
+    # point 3 (index 103) and 7 (107): both 2 eps attacks missed, APGD-CE at eps did not
     row3, row7 = df.iloc[3], df.iloc[7]
-    assert row3["adv_pred_2x"] == row3["pred"] and row7["adv_pred_2x"] == row7["pred"]
+    for row in (row3, row7):
+        assert row["adv_pred_2x"] == row["pred"] and row["sr_pred_2x"] == row["pred"]
+        assert row["adv_pred_1x"] != row["pred"]
     s = eri(df)
     assert not s.selected[3] and not s.robustly_selected[3]
     assert not s.robustly_selected[7]
@@ -101,19 +110,89 @@ def test_softmax_response_robust_selection_with_tau():
     s = softmax_response(df, 0.9)
     assert s.name == "SR@0.90" and s.params["tau"] == 0.9
     np.testing.assert_array_equal(np.flatnonzero(s.selected), [0, 2, 3, 5, 9])
-    # 2: conf pushed below tau at 2 eps; 3: prediction flipped; 5: conf below tau at eps (worst case)
+    # robust on B_2eps by every attack: 0, 1, 5, 9; of the selected 0, 5, 9 the worst confidence
+    # (min of conf, sr_conf_1x, sr_conf_2x) is 0: 0.93, 5: 0.89 < 0.9 (at eps: worst case), 9: 0.91.
+    # 2: APGD-CE flipped it at 2 eps (and APGD-conf reached 0.85); 3: APGD-CE flipped it at eps
     np.testing.assert_array_equal(np.flatnonzero(s.robustly_selected), [0, 9])
     a = abstain_metrics(df, s)
     assert a["selected"] == pytest.approx(0.5) and a["rob_sel"] == pytest.approx(0.2)
     assert a["rob_acc_on_sel"] == pytest.approx(1.0) and a["rob_acc"] == pytest.approx(0.2)
+    # tau = 0 selects every point, yet robust selection still needs F robust on B_2eps by every
+    # attack (an attack stops at its first flip, so its confidence there is no minimum): the 4
+    # points 0, 1, 5, 9, as S_ERI
     s0 = softmax_response(df, 0.0)
-    assert s0.selected.all() and s0.robust_selection == pytest.approx(0.9)  # only 3 flips
+    assert s0.selected.all() and s0.robust_selection == pytest.approx(0.4)
+    np.testing.assert_array_equal(s0.robustly_selected, eri(df).robustly_selected)
     sweep = softmax_response_sweep(df)
     assert len(sweep) == len(TAU_GRID) == 100 and TAU_GRID[0] == 0 and TAU_GRID[-1] == 0.99
     rs = [x.robust_selection for x in sweep]
     assert all(a >= b for a, b in zip(rs, rs[1:]))  # monotone in tau
     with pytest.raises(ParamError):
         softmax_response(df, 1.5)
+
+
+def attacks_six() -> pd.DataFrame:
+    """6 points (eps = 0.1), conf 0.95 everywhere; which attack changes F(x), and where:
+    0: none;  1: APGD-conf at 2 eps only;  2: APGD-conf at eps;  3: none, APGD-conf not run (-1, NaN);
+    4: none, but APGD-CE pushes f(x')_{F(x)} to 0.50 at 2 eps (APGD-conf only to 0.91);
+    5: APGD-CE at eps (and at 2 eps)."""
+    nan = np.nan
+    rows = [  # label, pred, adv_pred_1x, adv_conf_1x, adv_pred_2x, adv_conf_2x,
+              #   sr_pred_1x, sr_conf_1x, sr_pred_2x, sr_conf_2x
+        (0, 0, 0, 0.90, 0, 0.85, 0, 0.92, 0, 0.88),
+        (1, 1, 1, 0.90, 1, 0.85, 1, 0.92, 2, 0.40),
+        (2, 2, 2, 0.90, 2, 0.85, 0, 0.30, 0, 0.30),
+        (3, 3, 3, 0.90, 3, 0.80, -1, nan, -1, nan),
+        (4, 4, 4, 0.90, 4, 0.50, 4, 0.93, 4, 0.91),
+        (5, 5, 7, 0.30, 7, 0.20, 5, 0.93, 5, 0.90),
+    ]
+    df = pd.DataFrame(rows, columns=["label", "pred", "adv_pred_1x", "adv_conf_1x", "adv_pred_2x",
+                                     "adv_conf_2x", "sr_pred_1x", "sr_conf_1x", "sr_pred_2x",
+                                     "sr_conf_2x"])
+    df.insert(0, "index", np.arange(6))
+    df["conf"], df["eps"] = 0.95, 0.1
+    return df
+
+
+def test_robust_is_the_and_over_every_attack_run_at_scales_up_to_s():
+    """Item 6: a point APGD-CE leaves at F(x) but APGD-conf moves is not robust; sr_pred = -1 is
+    "not run" and counts as no evidence against robustness (APGD-CE's -1 would be a change)."""
+    from robust_abstain.records import robust
+    df = attacks_six()
+    np.testing.assert_array_equal(robust(df, 1), [True, True, False, True, True, False])
+    np.testing.assert_array_equal(robust(df, 2), [True, False, False, True, True, False])
+    s = eri(df)
+    np.testing.assert_array_equal(np.flatnonzero(s.selected), [0, 1, 3, 4])
+    np.testing.assert_array_equal(np.flatnonzero(s.robustly_selected), [0, 3, 4])
+    # (1): all six accurate; robust-accurate at eps 4/6, at 2 eps 3/6
+    assert M.robust_accuracy(df, 1) == pytest.approx(4 / 6)
+    assert M.robust_accuracy(df, 2) == pytest.approx(3 / 6)
+    df.loc[3, "adv_pred_1x"] = ABSTAIN
+    assert not robust(df, 1)[3]
+
+
+def test_worst_confidence_is_the_nanmin_of_clean_and_every_attack():
+    from robust_abstain.records import worst_confidence
+    df = attacks_six()
+    # scale 1: min(conf, adv_conf_1x, sr_conf_1x); scale 2 adds adv_conf_2x, sr_conf_2x; NaN skipped
+    np.testing.assert_allclose(worst_confidence(df, 1), [0.90, 0.90, 0.30, 0.90, 0.90, 0.30])
+    np.testing.assert_allclose(worst_confidence(df, 2), [0.85, 0.40, 0.30, 0.80, 0.50, 0.20])
+
+
+def test_softmax_response_robust_selection_needs_apgd_ce_confidence_above_tau():
+    """Item 6: at tau = 0.7 point 4 keeps sr_conf_2x = 0.91 >= tau, but APGD-CE reached
+    adv_conf_2x = 0.50 < tau, so S_SR is not robustly 1 there; at tau = 0.5 it is (0.50 >= 0.5)."""
+    df = attacks_six()
+    s = softmax_response(df, 0.7)
+    assert s.selected.all()
+    assert df.loc[4, "sr_conf_2x"] >= 0.7 and df.loc[4, "sr_pred_2x"] == df.loc[4, "pred"]
+    # robust at 2 eps: 0, 3, 4; worst confidence 0.85, 0.80, 0.50 -> 0, 3 at tau = 0.7
+    np.testing.assert_array_equal(np.flatnonzero(s.robustly_selected), [0, 3])
+    np.testing.assert_array_equal(np.flatnonzero(softmax_response(df, 0.5).robustly_selected),
+                                  [0, 3, 4])
+    np.testing.assert_array_equal(np.flatnonzero(softmax_response(df, 0.85).robustly_selected), [0])
+    a = abstain_metrics(df, s)
+    assert a["rob_sel"] == pytest.approx(2 / 6) and a["rob_acc"] == pytest.approx(2 / 6)
 
 
 def test_softmax_response_without_evidence_is_an_error():

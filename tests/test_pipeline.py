@@ -43,8 +43,8 @@ def ran(output: str) -> set[str]:
 def test_dvc_repro(project):
     r = sh("dvc repro", project)
     stages = ran(r.stdout)
-    assert {"prepare", "train@core", "train@base", "finetune@era-1", "finetune_headline", "report",
-            "certify@cra-4-0", "certify_merge@cra-4", "adaptive_ref@headline", "synthetic"} <= stages
+    assert {"prepare", "train@core", "train@base", "finetune@era-1", "finetune_headline@0", "report",
+            "certify@cra-4-0", "certify_merge@cra-4", "adaptive_headline@0", "synthetic"} <= stages
     reports = project / "reports"
     for f in ("summary.md", "splits.md", "abstain.md", "compositions.md", "adaptive.md", "certified.md",
               "metrics.json", "figures/fig1_synthetic.png", "figures/rob_acc_vs_rob_inacc.png",
@@ -130,7 +130,7 @@ def test_queued_beta_sweep_runs_with_two_workers(project):
     for name in ("beta-0_3", "beta-0_9"):
         logs = sh(f"dvc queue logs {name}", project).stdout
         stages = ran(logs)
-        assert {"finetune_headline", "evaluate_headline", "adaptive_ref@headline", "report"} <= stages, logs[-2000:]
+        assert {"finetune_headline@0", "evaluate_headline@0", "adaptive_headline@0", "report"} <= stages, logs[-2000:]
         assert not stages & {"prepare", "train@core", "train@base", "finetune@era-1", "evaluate@era-1",
                              "synthetic", "train_noise_base", "certify@cra-4-0"}
     show = json.loads(sh("dvc exp show --json", project).stdout)

@@ -1,15 +1,22 @@
-"""The training loop: schedule, resume after a kill, NaN handling, validation-only selection,
-mixed precision, and augmentation that does not depend on the number of DataLoader workers."""
+"""The training loop: schedule, resume after a kill (and what a resume state must match), NaN
+handling, validation-only selection, mixed precision, and augmentation that does not depend on the
+number of DataLoader workers. Resume through the stage CLIs with a real SIGKILL: test_resume.py."""
 import math
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
+from robust_abstain import train as train_mod
 from robust_abstain.errors import ParamError, TrainingDivergedError
 from robust_abstain.losses import LossConfig
 from robust_abstain.models.checkpoint import ModelSpec
-from robust_abstain.train import EpochBatches, TrainConfig, fit, lr_at
+from robust_abstain.train import (STATE_DIR, EpochBatches, TrainConfig, fit, lr_at, sources_digest,
+                                  state_dir_for)
 
 SPEC = ModelSpec("mlp", (2,), 2, (0.5, 0.5), (0.29, 0.29), 16)
 
@@ -35,22 +42,122 @@ def _kill_after_two(epoch, metrics):
         raise Killed
 
 
-def assert_resume_is_exact(run):
+def assert_equal_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def assert_resume_is_exact(run, tmp_path):
     """``run(log, state)`` trains 3 epochs; killed in epoch 2 and resumed, it must end with the
-    weights of an uninterrupted run. Returns the resumed run's history."""
+    weights of an uninterrupted run, and leave no state behind. Returns the resumed run's history
+    and the state the killed run left."""
     ref, _ = run(None, "ref.pt")
+    assert not (tmp_path / "ref.pt").exists()  # a finished fit removes its state
     with pytest.raises(Killed):
         run(_kill_after_two, "run.pt")
+    left = torch.load(tmp_path / "run.pt", weights_only=True)
     resumed, hist = run(None, "run.pt")
-    for a, b in zip(ref.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(a, b)
-    return hist
+    assert_equal_weights(ref, resumed)
+    assert not (tmp_path / "run.pt").exists()
+    return hist, left
 
 
 def test_resume_after_kill_gives_the_same_model(tiny_data, tmp_path):
-    hist = assert_resume_is_exact(lambda log, state: _fit(tiny_data, tmp_path, log=log, state=state))
+    hist, left = assert_resume_is_exact(lambda log, state: _fit(tiny_data, tmp_path, log=log, state=state),
+                                        tmp_path)
     # the kill happened before epoch 2's state was saved: resume starts after epoch 1
+    assert left["epoch"] == 1
     assert [h["epoch"] for h in hist] == [1, 2, 3]
+
+
+def _dropout_fit(tiny_data, tmp_path, log=None, state="s.pt"):
+    """A model that draws from torch's global RNG in every training step (dropout)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 2))
+    cfg = TrainConfig(epochs=3, lr=1e-2, batch_size=64, select="last")
+    return fit(model, LossConfig("ce"), tiny_data.split("train"), tiny_data.split("val"), cfg,
+               tmp_path / state, log=log)
+
+
+def test_global_rng_draws_resume_exactly(tiny_data, tmp_path):
+    """Dropout draws from the global RNG: fit seeds it per (seed, epoch, batch), so a resumed run
+    draws the same masks as an uninterrupted one (the state does not hold the global RNG)."""
+    assert_resume_is_exact(lambda log, state: _dropout_fit(tiny_data, tmp_path, log, state), tmp_path)
+
+
+def test_fit_leaves_the_global_rngs_as_it_found_them(tiny_data, tmp_path):
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    fit(model, LossConfig("ce"), tiny_data.split("train"), tiny_data.split("val"),
+        TrainConfig(epochs=1, batch_size=64), tmp_path / "s.pt")
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
+
+
+def test_a_state_made_with_other_data_is_removed_not_resumed(tiny_data, tmp_path, capsys):
+    """Same sizes, other values (e.g. another data.seed): the state must not be resumed."""
+    with pytest.raises(Killed):
+        _fit(tiny_data, tmp_path, log=_kill_after_two, state="run.pt")
+    tiny_data.x_train.mul_(0.9)
+    ref, _ = _fit(tiny_data, tmp_path, state="ref.pt")
+    capsys.readouterr()
+    other, hist = _fit(tiny_data, tmp_path, state="run.pt")
+    assert "removing" in capsys.readouterr().out
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert_equal_weights(ref, other)
+
+
+def test_a_state_made_by_other_code_is_removed_not_resumed(tiny_data, tmp_path, monkeypatch, capsys):
+    with pytest.raises(Killed):
+        _fit(tiny_data, tmp_path, log=_kill_after_two, state="run.pt")
+    monkeypatch.setattr(train_mod, "source_fingerprint", lambda: "edited losses.py")
+    capsys.readouterr()
+    _, hist = _fit(tiny_data, tmp_path, state="run.pt")
+    assert "removing" in capsys.readouterr().out and len(hist) == 3
+
+
+def test_an_unreadable_state_is_removed_not_an_error(tiny_data, tmp_path, capsys):
+    (tmp_path / "s.pt").write_bytes(b"torn or from another torch")
+    _, hist = _fit(tiny_data, tmp_path, epochs=1)
+    assert "removing" in capsys.readouterr().out and len(hist) == 1
+
+
+def test_sources_digest_sees_every_source_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub/b.py").write_text("y = 2\n")
+    h0 = sources_digest(tmp_path)
+    (tmp_path / "sub/b.py").write_text("y = 3\n")
+    h1 = sources_digest(tmp_path)
+    (tmp_path / "sub/c.py").write_text("")
+    h2 = sources_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("not code")
+    assert len({h0, h1, h2}) == 3 and sources_digest(tmp_path) == h2
+
+
+def test_state_dirs_mirror_the_output_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert state_dir_for("models/cert/headline.pt") == STATE_DIR / "models/cert"
+    assert state_dir_for("models/finetune/headline.pt") != state_dir_for("models/cert/headline.pt")
+    assert state_dir_for(tmp_path / "models/base.pt") == STATE_DIR / "models"
+    outside = state_dir_for("/elsewhere/models/base.pt")
+    assert outside.parts[0] == "state" and outside.as_posix().endswith("elsewhere/models")
+
+
+def test_figure1_training_leaves_no_state(tmp_path):
+    """The synthetic stage's three fits remove their states: a later run never draws Figure 1 from
+    stale weights."""
+    from robust_abstain.data import prepare
+    from robust_abstain.figure1 import train_synthetic_models
+    data = prepare("synthetic", {"n": 60, "n_test": 30, "std": 0.15, "val_fraction": 0.2}, 0)
+    cfg = {"epochs": 1, "batch_size": 32, "select": "last"}
+    models = train_synthetic_models(data, 0.08, cfg, cfg, era_beta=0.05, trades_beta=6.0, pgd_steps=1,
+                                    state_dir=str(tmp_path / "state"))
+    assert set(models) == {"standard", "TRADES", "ERA"}
+    assert not any(Path(tmp_path).rglob("*.pt"))
 
 
 def test_nan_loss_is_a_clear_error(tiny_data, tmp_path):
@@ -108,10 +215,10 @@ def test_amp_bf16_is_close_to_fp32(tiny_data, tmp_path):
 def test_amp_fp16_with_scaler_resumes_exactly(tiny_data, tmp_path):
     if not _cpu_fp16_autocast():
         pytest.skip("this torch build has no CPU fp16 autocast / GradScaler")
-    hist = assert_resume_is_exact(lambda log, state: _amp_fit(tiny_data, tmp_path, "fp16", epochs=3,
-                                                              log=log, state=state))
+    hist, left = assert_resume_is_exact(lambda log, state: _amp_fit(tiny_data, tmp_path, "fp16", epochs=3,
+                                                                    log=log, state=state), tmp_path)
     assert len(hist) == 3 and all(math.isfinite(h["train_loss"]) for h in hist)
-    assert "scaler" in torch.load(tmp_path / "run.pt", weights_only=True)
+    assert "scaler" in left
 
 
 # ----------------------------------------------------------------------------- augmentation workers

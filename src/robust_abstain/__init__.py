@@ -16,4 +16,18 @@ import os as _os
 # shares the cores (measured on a 2-core machine). Must be set before torch is imported.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The same numbers on every x86 CPU: ATen and oneDNN pick kernels by instruction set, and an AVX-512
+# run differs from an AVX2 run (bench/bench_isa.py: 24 of 500 APGD verdicts moved after 10 training
+# steps; deterministic when pinned; within about 1.15x the time, near the noise). So every stage pins
+# both to AVX2, which every x86-64 CPU of the last decade has. They are read at the first kernel
+# call, so this works after `import torch` as long as no tensor op ran before. MKL (nn.Linear's
+# GEMM) is left alone: its reproducible mode MKL_CBWR=COMPATIBLE makes a forward pass depend on the
+# batch size (measured), which certification's sharding relies on not doing. The thread count
+# matters too: see stage.run (RA_THREADS). Override: RA_CPU_ISA=native (the CPU's best kernels).
+if _os.environ.get("RA_CPU_ISA", "avx2") == "avx2":
+    import platform as _platform
+    if _platform.machine().lower() in ("x86_64", "amd64"):
+        _os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+        _os.environ.setdefault("DNNL_MAX_CPU_ISA", "AVX2")
+
 __version__ = "0.1.0"

@@ -1,25 +1,39 @@
-"""An adaptive end-to-end attack on the composition (12) H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x)
-with the robustness-indicator selector S_ERI(x') = 1{F_robust robust on B_eps(x')}.
+"""An adaptive end-to-end attack on the composition (12) H(x) = S(x) F_robust(x) + (1 - S(x)) F_core(x),
+for the robustness-indicator selector S_ERI and the softmax-response selector S_SR.
 
-The paper scores H with a rule: robustly selected points get F_robust's robust accuracy, the others
-F_core's. Given exact robustness checks the first branch is sound (F_robust robust on B_2eps(x)
-means S = 1 and F_robust constant on all of B_eps(x)). The second is not: for a point the selector
-does not robustly select, the attacker may move to an x' in B_eps(x) where S(x') = 1 *and*
-F_robust(x') is wrong; H then answers F_robust(x') != y, although F_core was robust there.
+The records score H with rules (compose.py); this attack tests H itself, as deployed. For each
+attacked point x (every point the paper's rule counts as robust-accurate: the sound score counts a
+subset, and only counted points can lose) it builds candidate points x' in B_eps(x), one per way
+H can fail, and evaluates the deployed H at each:
 
-Since x lies in B_eps(x') for every x' in B_eps(x), S(x') = 1 forces F_robust(x') = F_robust(x):
-only points where F_robust(x) is *wrong* can be fooled this way (:func:`attack_targets`). The
-attack, for every such point the rule counts as robust-accurate through the core branch:
- 1. APGD-CE on F_robust against y in B_eps(x): a point x1 where F_robust is wrong (if any);
- 2. PGD towards that wrong class t = F_robust(x1), still inside B_eps(x), to reach a region where
-    F_robust is *confidently* wrong (so that it is robust there);
- 3. the selector's own check at x2: APGD-CE on F_robust against F_robust(x2) in B_eps(x2). If it
-    finds no flip, S(x2) = 1 as the deployed selector would decide, and H(x2) = t != y.
-Records ``h_adv_wrong`` per point (True: H fooled). Points the rule already counts as non-robust
-are not attacked (they cannot lower the number further).
+ 0. x itself (H(x) != y when S(x) = 1 and F_robust(x) != y: the rule's blind spot);
+ 1. core branch: APGD-CE on F_core against y;
+ 2. core branch, deselecting: PGD from (1) on CE(F_core(x'), y) minus a selector surrogate that
+    pushes S(x') to 0 (ERI: F_robust's top-2 logit margin, towards its decision boundary; SR:
+    F_robust's log-confidence above log tau);
+ 3. robust branch: APGD-CE on F_robust against y (itself a candidate), then PGD from there towards
+    the wrong class t it reached (or F_robust's most likely wrong class) maximising
+    log f_robust(x')_t, so that F_robust is wrong *and* confident / robust there, i.e. selected.
+
+H at a candidate x' is the deployed composition: S_SR(x') = 1{max_c f_robust(x')_c >= tau} exactly;
+S_ERI(x') = 1 iff the selector's own attack (APGD-CE, and APGD-conf when the records used it at
+eps) finds no change of F_robust(x') in B_eps(x'). The selector's attack runs only where exactly
+one branch is wrong at x' (if both are wrong H is wrong whatever S says; if both are right, H is
+right). A point is fooled if H(x') != y at any candidate (per-point worst case).
+
+Example::
+
+    >>> cfg = AttackConfig(eps=0.05)
+    >>> targets = np.ones(len(y), dtype=bool)
+    >>> fooled, h_adv_pred = attack_composition(robust_model, core_model, SelectorSpec("SR", 0.9),
+    ...                                         x, y, targets, cfg)
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,66 +42,124 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks.apgd import APGD, worst_case_predictions
-from .attacks.pgd import pgd, project
-from .records import accurate, robust
+from .attacks.pgd import pgd
+from .compose import compose_points
+from .selectors import Selection, SelectorSpec
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Budgets: ``steps`` and ``restarts`` for APGD (candidates 1, 3 and the ERI selector's own
+    check, as in the evaluate stage), ``push_steps``
+    for the PGD stages (2, 3); ``selector_conf`` adds APGD-conf to the ERI selector's check."""
+
+    eps: float
+    norm: str = "linf"
+    steps: int = 40
+    restarts: int = 1
+    push_steps: int = 20
+    seed: int = 0
+    batch_size: int = 500
+    selector_conf: bool = False
 
 
-def rule_core_branch(robust_df: pd.DataFrame, core_df: pd.DataFrame) -> np.ndarray:
-    """Points the paper's rule scores through F_core (not robustly selected) as robust-accurate."""
-    return ~robust(robust_df, 2) & accurate(core_df) & robust(core_df, 1)
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) \
+        else torch.empty(0)
 
 
-def attack_targets(robust_df: pd.DataFrame, core_df: pd.DataFrame) -> np.ndarray:
-    """Where the selector route can fool H: core-branch points with F_robust(x) != y.
+def eri_select(robust_model: nn.Module, x: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """The deployed S_ERI at the points ``x``: no attack of the selector changes F_robust in B_eps."""
+    pred = _logits(robust_model, x, cfg.batch_size).argmax(1)
+    ok = torch.ones(len(x), dtype=torch.bool)
+    for objective in ("ce", "conf") if cfg.selector_conf else ("ce",):
+        adv, _ = worst_case_predictions(robust_model, x, pred, cfg.eps, norm=cfg.norm, steps=cfg.steps,
+                                        restarts=cfg.restarts, objective=objective,
+                                        seed=cfg.seed + 7, batch_size=cfg.batch_size)
+        ok &= adv == pred
+    return ok
 
-    Every x' in B_eps(x) has x in B_eps(x'), so S(x') = 1 forces F_robust(x') = F_robust(x);
-    where F_robust(x) = y, H(x') is then right. (Those points remain exposed only to the core
-    attack, which the rule already counts.)"""
-    return rule_core_branch(robust_df, core_df) & ~accurate(robust_df)
+
+def deployed_h(robust_model: nn.Module, core_model: nn.Module, spec: SelectorSpec, x: torch.Tensor,
+               y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """H(x') of (12) as deployed, at the points ``x`` (labels ``y`` only decide where the selector
+    matters: it is run where exactly one of the two models is wrong)."""
+    rl, cp = _logits(robust_model, x, cfg.batch_size), _logits(core_model, x, cfg.batch_size).argmax(1)
+    rp = rl.argmax(1)
+    h = torch.where(rp == cp, rp, cp)
+    need = ((rp != y) ^ (cp != y)).nonzero().squeeze(1)
+    if len(need):
+        if spec.kind == "SR":
+            sel = F.softmax(rl[need], 1).max(1).values >= spec.tau
+        else:
+            sel = eri_select(robust_model, x[need], cfg)
+        h[need] = torch.where(sel, rp[need], cp[need])
+    return h
 
 
-def attack_composition(robust_model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: np.ndarray,
-                       eps: float, norm: str = "linf", steps: int = 40, push_steps: int = 20,
-                       seed: int = 0, batch_size: int = 500, progress: bool = False) -> np.ndarray:
-    """Return a bool array: True where H can be fooled through the selector (attacked only at ``targets``)."""
-    fooled = np.zeros(len(y), dtype=bool)
+def _selector_surrogate(spec: SelectorSpec, logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample value that is large where S(x') = 1 (the attack lowers it to deselect)."""
+    if spec.kind == "SR":
+        return F.relu(F.log_softmax(logits, 1).max(1).values - math.log(max(spec.tau, 1e-12)))
+    top2 = logits.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def _candidates(robust_model: nn.Module, core_model: nn.Module, spec: SelectorSpec, x: torch.Tensor,
+                y: torch.Tensor, cfg: AttackConfig) -> list[torch.Tensor]:
+    """The candidate points 0-3 of the module docstring, each in B_eps(x) and [0, 1]."""
+    apgd = lambda m, s: APGD(m, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, objective="ce",  # noqa: E731
+                             seed=cfg.seed + s, batch_size=cfg.batch_size).perturb(x, y)
+    push = lambda obj, start: pgd(obj, x, cfg.eps, cfg.push_steps, norm=cfg.norm,  # noqa: E731
+                                  start=start)
+    c_core = apgd(core_model, 1)
+    desel: Callable[[torch.Tensor], torch.Tensor] = lambda xa: (  # noqa: E731
+        F.cross_entropy(core_model(xa), y, reduction="none") - _selector_surrogate(spec, robust_model(xa)))
+    c_desel = push(desel, c_core)
+    x1 = apgd(robust_model, 2)
+    l1 = _logits(robust_model, x1, cfg.batch_size)
+    t = l1.scatter(1, y[:, None], float("-inf")).argmax(1)   # F_robust's most likely wrong class
+    c_rob = push(lambda xa: F.log_softmax(robust_model(xa), 1).gather(1, t[:, None]).squeeze(1), x1)
+    return [x.clone(), c_core, c_desel, x1, c_rob]
+
+
+def attack_composition(robust_model: nn.Module, core_model: nn.Module, spec: SelectorSpec,
+                       x: torch.Tensor, y: torch.Tensor, targets: np.ndarray, cfg: AttackConfig
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Attack H at the points where ``targets`` is True; return (fooled, h_adv_pred) per point
+    (False / -1 elsewhere). Both models run in eval mode and are left in eval mode."""
+    fooled, h_adv = np.zeros(len(y), dtype=bool), np.full(len(y), -1, dtype=np.int64)
     idx = torch.as_tensor(np.flatnonzero(targets), dtype=torch.long)
-    if len(idx) == 0 or eps == 0:
-        return fooled
-    robust_model.eval()
+    if len(idx) == 0 or cfg.eps == 0:
+        return fooled, h_adv
+    robust_model.eval(), core_model.eval()
     xs, ys = x[idx], y[idx]
-    # 1. a point where F_robust is wrong
-    x1 = APGD(robust_model, norm=norm, eps=eps, steps=steps, objective="ce", seed=seed,
-              batch_size=batch_size, progress=progress).perturb(xs, ys)
-    with torch.no_grad():
-        t = robust_model(x1).argmax(1)
-    wrong = t != ys
-    if not wrong.any():
-        return fooled
-    w = wrong.nonzero().squeeze(1)
-    xw, x1w, tw = xs[w], x1[w], t[w]
-    # 2. push towards the wrong class t, inside B_eps(x) (start at x1; pgd's random start is off)
-    g = torch.Generator().manual_seed(seed + 1)
-    x2 = pgd(lambda xa: -F.cross_entropy(robust_model(torch.clamp(xa, 0, 1)), tw, reduction="none"),
-             x1w, eps, push_steps, norm=norm, random_start=False, generator=g)
-    # pgd projected onto the ball around x1; re-project onto the ball around the original x
-    x2 = project(x2, xw, eps, norm)
-    with torch.no_grad():
-        still = robust_model(x2).argmax(1) != ys[w]
-    x2 = torch.where(still.view(-1, *[1] * (x2.dim() - 1)), x2, x1w)
-    with torch.no_grad():
-        t2 = robust_model(x2).argmax(1)
-    # 3. the selector's own robustness check at x2, in B_eps(x2)
-    adv, _ = worst_case_predictions(robust_model, x2, t2, eps, norm=norm, steps=steps, objective="ce",
-                                    seed=seed + 2, batch_size=batch_size, progress=progress)
-    selected_and_wrong = (adv == t2) & (t2 != ys[w])
-    fooled[idx[w[selected_and_wrong]].numpy()] = True
-    return fooled
+    worst = torch.full((len(idx),), -1, dtype=torch.long)
+    for cand in _candidates(robust_model, core_model, spec, xs, ys, cfg):
+        h = deployed_h(robust_model, core_model, spec, cand, ys, cfg)
+        new = (h != ys) & (worst < 0)
+        worst[new] = h[new]
+    hit = worst >= 0
+    fooled[idx[hit].numpy()] = True
+    h_adv[idx[hit].numpy()] = worst[hit].numpy()
+    return fooled, h_adv
 
 
-def adaptive_records(robust_model: nn.Module, robust_df: pd.DataFrame, core_df: pd.DataFrame,
-                     x: torch.Tensor, y: torch.Tensor, eps: float, **kw) -> pd.DataFrame:
-    """Per-point evidence for ``compose.compose_adaptive``: columns index, h_adv_wrong."""
-    targets = attack_targets(robust_df, core_df)
-    fooled = attack_composition(robust_model, x, y, targets, eps, **kw)
-    return pd.DataFrame({"index": robust_df["index"].to_numpy(), "h_adv_wrong": fooled})
+def attack_targets(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection) -> np.ndarray:
+    """Points the paper's rule counts as robust-accurate (aligned to ``robust_df``'s order)."""
+    pts = compose_points(robust_df, core_df, selection).set_index("index")
+    return pts.loc[robust_df["index"].to_numpy(), "rob_acc_paper"].to_numpy(bool)
+
+
+def adaptive_records(robust_model: nn.Module, core_model: nn.Module, robust_df: pd.DataFrame,
+                     core_df: pd.DataFrame, specs: list[SelectorSpec], x: torch.Tensor,
+                     y: torch.Tensor, cfg: AttackConfig) -> pd.DataFrame:
+    """Per-point evidence for ``compose.compose_adaptive``, one block of rows per selector:
+    columns index, selector (its name), h_adv_wrong, h_adv_pred (-1 where not fooled)."""
+    out = []
+    for spec in specs:
+        targets = attack_targets(robust_df, core_df, spec.selection(robust_df))
+        fooled, h_adv = attack_composition(robust_model, core_model, spec, x, y, targets, cfg)
+        out.append(pd.DataFrame({"index": robust_df["index"].to_numpy(), "selector": spec.name,
+                                 "h_adv_wrong": fooled, "h_adv_pred": h_adv}))
+    return pd.concat(out, ignore_index=True)

@@ -278,7 +278,8 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial.csv")
     meta = out_path.with_name(out_path.name + ".partial.json")
-    key = certify_settings(smooth, n0, n, alpha, seed)
+    from .train import source_fingerprint   # the partial file resumes only under the same code
+    key = {**certify_settings(smooth, n0, n, alpha, seed), "code": source_fingerprint()}
     labels = dict(zip(idx.tolist(), y.tolist()))
     done = _read_partial(partial, meta, key, labels)
     if done is None:

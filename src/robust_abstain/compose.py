@@ -8,23 +8,28 @@ S(x) = 1 (``Selection.selected``) and with F_core elsewhere.
 Robust accuracy of H cannot be read off single-model records exactly; two evaluation rules are
 offered, both computed per point (see :func:`compose_points`):
 
-``paper`` (the paper's evaluation rule; an estimate, not a bound)
-    x robustly selected (S(x') = 1 on all of B_eps(x)) -> robust-accurate iff F_robust is accurate
-    and robust at eps; otherwise -> robust-accurate iff F_core is accurate and robust at eps.
-    It over-counts where S is not robustly 1 but flips to 1 somewhere in B_eps(x) (H may then
-    answer with a wrong F_robust(x')), including x itself when S(x) = 1 but x is not robustly
-    selected.
-``conservative``
-    x robustly selected -> F_robust robust-accurate at eps (as above); otherwise **both** F_robust
-    and F_core must be robust-accurate at eps, because S(x') may take either value in B_eps(x)
-    and records cannot show that S robustly abstains. Given the attacks' verdicts this is sound.
+``sound`` (the headline score)
+    H(x) = y, and: x robustly selected (S(x') = 1 on all of B_eps(x)) and F_robust robust-accurate
+    at eps; or **both** F_robust and F_core robust-accurate at eps, because S(x') may take either
+    value in B_eps(x) and records cannot show that S robustly abstains. Given the attacks' verdicts
+    (records.robust: every attack run) H(x') = y on all of B_eps(x), so this is a sound score.
+``paper`` (the paper's evaluation rule; an estimate, not a bound; a labelled comparison column)
+    x robustly selected -> robust-accurate iff F_robust is accurate and robust at eps; otherwise
+    -> robust-accurate iff F_core is accurate and robust at eps. It over-counts where S is not
+    robustly 1 but flips to 1 somewhere in B_eps(x) (H may then answer with a wrong
+    F_robust(x')), including x itself when S(x) = 1, F_robust(x) != y and x is not robustly
+    selected: then H(x) != y, yet the rule credits the core.
 
-An adaptive attack on H itself (attacks/, another stage) gives per-point evidence that tightens the
-rule: :func:`compose_adaptive` with the schema :data:`ADAPTIVE_COLUMNS`.
+An adaptive end-to-end attack on H (adaptive.py, its own stage) adds per-point evidence:
+:func:`compose_adaptive` with the schema :data:`ADAPTIVE_COLUMNS` reports rule, sound and adaptive
+side by side and headlines the lowest (sound AND not fooled by the attack).
 
 Cascades (the paper's future work): a chain of robust models F_1, ..., F_K with selectors
 S_1, ..., S_K ending in F_core; x goes to the first F_k whose S_k selects it. The same two rules
 generalise (:func:`cascade`); a 2-composition is the cascade of length 1.
+
+Every choice among compositions (:func:`best_composition`, :func:`best_cascade`, a threshold tau)
+is meant to be made on **validation** records and then scored on test records (see report/).
 """
 
 from __future__ import annotations
@@ -37,17 +42,17 @@ import pandas as pd
 
 from .errors import DataError, ParamError
 from .metrics import by_index
-from .records import EMPIRICAL_COLUMNS, accurate, check, robust
+from .records import CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, certified_robust, check, robust
 from .selectors import Selection, pareto_front
 
-RULES = ("paper", "conservative")
+RULES = ("sound", "paper")
 
 #: Adaptive-attack evidence on a composition H (one CSV per composition, one row per test point):
 #:   index        test-set index of the point
 #:   h_adv_wrong  bool: the adaptive attack found x' in B_eps(x) with H(x') != y
 #: Optional columns (kept, not used here): h_adv_pred (H(x') at the attack's point).
-#: Rows are required for every point the rule counts as robust-accurate (only those can lose);
-#: other points may be missing.
+#: Rows are required for every point the paper's rule counts as robust-accurate (the sound score
+#: counts a subset of them, and only counted points can lose); other points may be missing.
 ADAPTIVE_COLUMNS = ["index", "h_adv_wrong"]
 
 
@@ -103,11 +108,12 @@ def _outcome(arrs: Sequence[_Arrays], sels: Sequence[Selection]) -> dict[str, np
     rstage = first([s.robustly_selected for s in sels])
     cols = np.arange(n)
     upto = np.arange(K + 1)[:, None] <= rstage[None, :]
+    h_correct = acc[stage, cols]
     return {"stage": stage, "robust_stage": rstage,
             "h_pred": np.stack([a.pred for a in arrs])[stage, cols],
-            "h_correct": acc[stage, cols],
+            "h_correct": h_correct,
             "rob_acc_paper": racc[rstage, cols],
-            "rob_acc_conservative": np.all(racc | ~upto, axis=0)}
+            "rob_acc_sound": h_correct & np.all(racc | ~upto, axis=0)}
 
 
 def _prepare(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
@@ -130,14 +136,14 @@ def cascade_points(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
     Columns: ``index``, ``label``, ``h_pred`` (H(x) at the clean point), ``h_correct``,
     ``stage`` (0-based index of the model answering x, K for the core),
     ``robust_stage`` (first model that robustly selects x, K if none),
-    ``rob_acc_paper`` and ``rob_acc_conservative`` (the two rules of the module docstring):
-        paper:        the model at ``robust_stage`` is accurate and robust at eps;
-        conservative: every model at stages 0 ... robust_stage (the core included when no model
-                      robustly selects x) is accurate and robust at eps, since any earlier
-                      selector may flip to 1 somewhere in B_eps(x)."""
+    ``rob_acc_sound`` and ``rob_acc_paper`` (the two rules of the module docstring):
+        sound: H(x) = y and every model at stages 0 ... robust_stage (the core included when no
+               model robustly selects x) is accurate and robust at eps, since any earlier
+               selector may flip to 1 somewhere in B_eps(x);
+        paper: the model at ``robust_stage`` is accurate and robust at eps."""
     arrs, sels = _prepare(models, core_df, selections)
     o = _outcome(arrs, sels)
-    cols = ["h_pred", "h_correct", "stage", "robust_stage", "rob_acc_paper", "rob_acc_conservative"]
+    cols = ["h_pred", "h_correct", "stage", "robust_stage", "rob_acc_sound", "rob_acc_paper"]
     return pd.DataFrame({"index": arrs[-1].index, "label": arrs[-1].label, **{c: o[c] for c in cols}})
 
 
@@ -154,8 +160,8 @@ def _summarise(o: dict[str, np.ndarray], core: _Arrays, K: int) -> dict[str, Any
     out: dict[str, Any] = {
         "n": int(len(core.index)),
         "nat_acc": float(o["h_correct"].mean()),
-        "rob_acc": float(o["rob_acc_paper"].mean()),
-        "rob_acc_conservative": float(o["rob_acc_conservative"].mean()),
+        "rob_acc": float(o["rob_acc_sound"].mean()),
+        "rob_acc_rule": float(o["rob_acc_paper"].mean()),
         "core_nat_acc": core_nat,
         "core_rob_acc": core_rob,
     }
@@ -182,8 +188,8 @@ def compose_rule(robust_df: pd.DataFrame, core_df: pd.DataFrame,
                  selection: Selection) -> dict[str, Any]:
     """The composition (12) H = S F_robust + (1 - S) F_core, scored from records.
 
-    Keys: ``nat_acc`` (R_nat of H, exact), ``rob_acc`` (R_rob^acc by the paper's rule),
-    ``rob_acc_conservative`` (module docstring), ``selected`` (P[S(x) = 1]), ``rob_sel``
+    Keys: ``nat_acc`` (R_nat of H, exact), ``rob_acc`` (R_rob^acc, sound score),
+    ``rob_acc_rule`` (the paper's rule), ``selected`` (P[S(x) = 1]), ``rob_sel``
     (R_rob^sel), ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``, ``d_rob_acc`` (H minus core),
     ``n``."""
     arrs, sels = _prepare([robust_df], core_df, [selection])
@@ -221,23 +227,44 @@ def _as_bool(v: Any) -> bool:
 
 def compose_adaptive(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection,
                      adaptive_df: pd.DataFrame) -> dict[str, Any]:
-    """The paper's rule (12) tightened with an adaptive attack on H (schema :data:`ADAPTIVE_COLUMNS`).
+    """The composition (12) scored three ways side by side, and headlined by the lowest.
 
-    adaptive robust-accurate(x) = rule robust-accurate(x) AND H(x) = y AND NOT h_adv_wrong(x).
-    (x is in B_eps(x), so H(x) != y already breaks robustness; the rule misses it for points
-    selected but not robustly selected.) Keys: those of :func:`compose_rule` plus
-    ``rob_acc_adaptive``, ``gap`` (rule minus adaptive, >= 0) and ``n_overcounted`` (points the
-    rule counts but the adaptive evidence refutes)."""
+    Per point: ``rule`` (the paper's rule), ``sound`` (module docstring), ``adaptive`` = rule AND
+    H(x) = y AND NOT h_adv_wrong (the end-to-end attack on H, schema :data:`ADAPTIVE_COLUMNS`),
+    and the headline ``rob_acc`` = sound AND NOT h_adv_wrong (the per-point worst case of all
+    evidence). Keys: those of :func:`compose_rule` (``rob_acc`` replaced by the headline) plus
+    ``rob_acc_sound``, ``rob_acc_adaptive``, ``gap`` (rule minus headline, >= 0) and
+    ``n_overcounted`` (points the rule counts that the headline refutes)."""
     arrs, sels = _prepare([robust_df], core_df, [selection])
     o = _outcome(arrs, sels)
     out = _single(_summarise(o, arrs[-1], 1))
     rule = o["rob_acc_paper"]
     wrong = _adaptive_wrong(adaptive_df, arrs[-1].index, rule)
-    adaptive = rule & o["h_correct"] & ~wrong
-    out["rob_acc_adaptive"] = float(adaptive.mean())
-    out["gap"] = out["rob_acc"] - out["rob_acc_adaptive"]
-    out["n_overcounted"] = int((rule & ~adaptive).sum())
+    headline = o["rob_acc_sound"] & ~wrong
+    out["rob_acc_sound"] = out["rob_acc"]
+    out["rob_acc_adaptive"] = float((rule & o["h_correct"] & ~wrong).mean())
+    out["rob_acc"] = float(headline.mean())
+    out["d_rob_acc"] = out["rob_acc"] - out["core_rob_acc"]
+    out["gap"] = out["rob_acc_rule"] - out["rob_acc"]
+    out["n_overcounted"] = int((rule & ~headline).sum())
     return out
+
+
+def composition_outcome(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection,
+                        adaptive_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-point outcome of (12) for intervals and paired differences: columns ``index``,
+    ``h_correct``, ``rob_acc`` (headline: sound AND not fooled by the adaptive attack, or sound
+    without adaptive evidence), ``rob_acc_sound``, ``rob_acc_rule``, ``rob_acc_adaptive`` (rule AND
+    H(x) = y AND not fooled; without adaptive evidence nothing counts as fooled), ``fooled``, ``core_acc``, ``core_rob_acc`` (the core alone, robust-accurate at eps)."""
+    arrs, sels = _prepare([robust_df], core_df, [selection])
+    o = _outcome(arrs, sels)
+    rule = o["rob_acc_paper"]
+    wrong = (np.zeros_like(rule) if adaptive_df is None
+             else _adaptive_wrong(adaptive_df, arrs[-1].index, rule))
+    return pd.DataFrame({"index": arrs[-1].index, "h_correct": o["h_correct"],
+                         "rob_acc": o["rob_acc_sound"] & ~wrong, "rob_acc_sound": o["rob_acc_sound"],
+                         "rob_acc_rule": rule, "rob_acc_adaptive": rule & o["h_correct"] & ~wrong,
+                         "fooled": wrong, "core_acc": arrs[-1].acc, "core_rob_acc": arrs[-1].racc})
 
 
 def cascade(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
@@ -246,12 +273,12 @@ def cascade(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
 
     At the clean x, x goes to the first F_k with S_k(x) = 1, else to F_core (natural accuracy,
     exact). Robust accuracy by two rules (see :func:`cascade_points`):
-        ``rob_acc`` ("paper" rule analog, an estimate like the paper's): x goes to the first F_k
-            that robustly selects it; being not robustly selected by an earlier model counts as
-            "moves on", although the records cannot prove that the earlier selector robustly
+        ``rob_acc`` (sound): H(x) = y and every model up to and including the first robustly
+            selecting one (and the core if none does) is robust-accurate at eps.
+        ``rob_acc_rule`` ("paper" rule analog, an estimate like the paper's): x goes to the first
+            F_k that robustly selects it; being not robustly selected by an earlier model counts
+            as "moves on", although the records cannot prove that the earlier selector robustly
             abstains. Robust-accurate iff that model (or the core) is robust-accurate at eps.
-        ``rob_acc_conservative``: every model up to and including the first robustly selecting
-            one (and the core if none does) must be robust-accurate at eps.
     Further keys: ``nat_acc``, ``routed`` (share answered at the clean point by each stage, core
     last), ``robustly_routed`` (share robustly selected first by each model), ``core_*``, ``d_*``."""
     arrs, sels = _prepare(models, core_df, selections)
@@ -262,7 +289,7 @@ def cascade(models: Sequence[pd.DataFrame], core_df: pd.DataFrame,
 def _rule_key(rule: str) -> str:
     if rule not in RULES:
         raise ParamError(f"rule must be one of {list(RULES)}, got {rule!r}")
-    return "rob_acc" if rule == "paper" else "rob_acc_conservative"
+    return "rob_acc" if rule == "sound" else "rob_acc_rule"
 
 
 def _score(m: dict[str, Any], key: str, max_nat_drop: float | None) -> tuple:
@@ -312,7 +339,7 @@ def _best_single(cache: _Cache, n: int, key: str, max_nat_drop: float | None) ->
 
 
 def best_composition(candidates: Sequence[Candidate], core_df: pd.DataFrame,
-                     max_nat_drop: float | None = 0.01, rule: str = "paper") -> dict[str, Any]:
+                     max_nat_drop: float | None = 0.01, rule: str = "sound") -> dict[str, Any]:
     """The 2-composition (12) with the highest robust accuracy (by ``rule``) among those losing at
     most ``max_nat_drop`` natural accuracy against the core (None: no constraint); if none meets
     the constraint, the best overall, with ``feasible = False``. Ties: higher natural accuracy,
@@ -327,7 +354,7 @@ def best_composition(candidates: Sequence[Candidate], core_df: pd.DataFrame,
 
 
 def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
-                 max_nat_drop: float | None = 0.01, rule: str = "paper",
+                 max_nat_drop: float | None = 0.01, rule: str = "sound",
                  max_length: int = 4) -> dict[str, Any]:
     """Greedy cascade search along the Pareto front, compared with the best 2-composition.
 
@@ -381,13 +408,19 @@ def compose_certified(cert_df: pd.DataFrame, core_df: pd.DataFrame, selection: S
 
     ``cert_df``: certified records of the smoothed model G; ``core_df``: the core model's empirical
     records under the same L2 threat model (APGD), covering at least the certified points.
-    ``nat_acc``: H at the clean x (G's certified class where selected). ``rob_acc`` (rule, as in
-    the paper): robustly selected and G certified correct -> certified robust-accurate; otherwise
-    F_core's *empirical* robust accuracy at eps (the core is not certified, so this part is an
-    attack-based estimate). ``rob_acc_certified``: only the certified part (a lower bound on H's
-    robust accuracy that holds whatever the attack). Keys also: ``selected``, ``rob_sel``,
-    ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``, ``d_rob_acc``, ``n``."""
-    from .records import CERTIFIED_COLUMNS
+    ``nat_acc``: H at the clean x (G's certified class where selected). With eps the selection's
+    radius and the sound robust selection (certified radius >= 2 eps, Appendix A.3):
+        ``rob_acc`` (sound): H(x) = y, and either x robustly selected and G certified correct, or
+            G certified correct at radius eps (right on all of B_eps(x)) **and** F_core
+            robust-accurate at eps (empirical, L2 APGD), so whichever branch S takes at x' in
+            B_eps(x), H(x') = y. No adaptive attack applies: G is certified on the ball, the only
+            uncertified part is F_core's own robustness, which the core's attack measures.
+        ``rob_acc_rule`` (the paper's rule): certified radius >= eps counts as robustly selected
+            and then G certified correct; otherwise F_core robust-accurate at eps.
+        ``rob_acc_certified``: robustly selected (radius >= 2 eps) and G certified correct, a
+            lower bound that holds whatever the attack.
+    Keys also: ``selected``, ``rob_sel``, ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``,
+    ``d_rob_acc``, ``n``."""
     cert = by_index(check(cert_df, CERTIFIED_COLUMNS, "certified records"), "certified records")
     core = by_index(check(core_df, EMPIRICAL_COLUMNS, "core records"), "core records").set_index("index")
     idx = cert["index"].to_numpy()
@@ -400,10 +433,13 @@ def compose_certified(cert_df: pd.DataFrame, core_df: pd.DataFrame, selection: S
     g_ok = cert["cert_pred"].to_numpy() == y
     c_ok = accurate(core)
     c_rob = c_ok & robust(core, 1)
+    eps = float(selection.params["eps"])
     nat = np.where(sel.selected, g_ok, c_ok)
-    certified_part = sel.robustly_selected & g_ok
-    rob = np.where(sel.robustly_selected, g_ok, c_rob)
-    out = {"nat_acc": nat.mean(), "rob_acc": rob.mean(), "rob_acc_certified": certified_part.mean(),
+    certified_part = certified_robust(cert, 2 * eps) & g_ok
+    sound = nat & (certified_part | (certified_robust(cert, eps) & g_ok & c_rob))
+    rule = np.where(certified_robust(cert, eps), g_ok, c_rob)
+    out = {"nat_acc": nat.mean(), "rob_acc": sound.mean(), "rob_acc_rule": rule.mean(),
+           "rob_acc_certified": certified_part.mean(),
            "selected": sel.selected.mean(), "rob_sel": sel.robustly_selected.mean(),
            "core_nat_acc": c_ok.mean(), "core_rob_acc": c_rob.mean(), "n": int(len(idx))}
     out["d_nat_acc"] = out["nat_acc"] - out["core_nat_acc"]

@@ -31,20 +31,20 @@ def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index:
                       eps: float, norm: str = "linf", steps: int = 40, restarts: int = 1,
                       seed: int = 0, batch_size: int = 500, sr_scales: tuple[int, ...] = (2,),
                       progress: bool = True) -> pd.DataFrame:
-    """Per-sample records at eps and 2 eps: APGD-CE on F(x), and APGD-conf (17) for softmax response
-    at the scales in ``sr_scales`` (robust selection needs only 2 eps; columns of scales not run
+    """Per-sample records at eps and 2 eps: APGD-CE on F(x) (its prediction and the confidence it
+    left to F(x)), and APGD-conf (17) for softmax response at the scales in ``sr_scales`` (robust selection needs only 2 eps; columns of scales not run
     hold -1 / NaN, which the selectors read as "not run")."""
     model.eval()
     pred, conf = natural(model, x)
     kw = dict(norm=norm, steps=steps, restarts=restarts, seed=seed, batch_size=batch_size)
-    adv1, _ = worst_case_predictions(model, x, pred, eps, objective="ce", progress=progress, **kw)
-    adv2 = adv1.clone()
+    adv1, aconf1 = worst_case_predictions(model, x, pred, eps, objective="ce", progress=progress, **kw)
+    adv2, aconf2 = adv1.clone(), torch.full_like(conf, float("nan"))
     alive = (adv1 == pred).nonzero().squeeze(1)
     if len(alive):
-        adv2[alive], _ = worst_case_predictions(model, x[alive], pred[alive], 2 * eps, objective="ce",
-                                                progress=progress, **kw)
+        adv2[alive], aconf2[alive] = worst_case_predictions(model, x[alive], pred[alive], 2 * eps,
+                                                            objective="ce", progress=progress, **kw)
     cols = {"index": index, "label": y, "pred": pred, "conf": conf, "eps": torch.full_like(conf, eps),
-            "adv_pred_1x": adv1, "adv_pred_2x": adv2}
+            "adv_pred_1x": adv1, "adv_conf_1x": aconf1, "adv_pred_2x": adv2, "adv_conf_2x": aconf2}
     for tag, scale in (("1x", 1), ("2x", 2)):
         if scale in sr_scales:
             # a point whose prediction the attack changed fails SR robust selection at every tau,

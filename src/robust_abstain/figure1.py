@@ -4,6 +4,8 @@ inaccuracy under 40-step APGD."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -20,7 +22,10 @@ from .train import TrainConfig, fit
 
 
 def train_synthetic_models(data: Prepared, eps: float, train: dict, finetune: dict, era_beta: float,
-                           trades_beta: float, pgd_steps: int, state_dir: str) -> dict:
+                           trades_beta: float, pgd_steps: int, state_dir: str | Path) -> dict:
+    """The standard, TRADES and ERA models of Figure 1, each trained by :func:`fit` with its resume
+    state in ``state_dir`` (removed when its fit finishes, so the figure never comes from stale
+    weights)."""
     spec = ModelSpec("mlp", data.input_shape, data.num_classes, tuple(data.mean), tuple(data.std), 64)
     tr, va = data.split("train"), data.split("val")
     models = {}
@@ -29,11 +34,12 @@ def train_synthetic_models(data: Prepared, eps: float, train: dict, finetune: di
     for name, loss in (("standard", LossConfig("ce")),
                        ("TRADES", LossConfig("trades", beta=trades_beta, eps=eps, pgd_steps=pgd_steps))):
         torch.manual_seed(base_cfg.seed)
-        models[name], _ = fit(spec.build(), loss, tr, va, base_cfg, f"{state_dir}/synthetic_{name}.pt", desc=name)
+        models[name], _ = fit(spec.build(), loss, tr, va, base_cfg, Path(state_dir) / f"{name}.state.pt",
+                              desc=name)
     era = spec.build()
     era.load_state_dict(models["TRADES"].state_dict())
     models["ERA"], _ = fit(era, LossConfig("era", beta=era_beta, eps=eps, pgd_steps=pgd_steps), tr, va,
-                           ft_cfg, f"{state_dir}/synthetic_ERA.pt", desc="ERA")
+                           ft_cfg, Path(state_dir) / "ERA.state.pt", desc="ERA")
     return models
 
 

@@ -1,4 +1,5 @@
-"""File I/O with two guarantees: outputs appear atomically (temp file, then rename), and
+"""File I/O with three guarantees: outputs appear atomically (temp file, then rename), with the
+permissions of any newly created file (0666 less the umask, not the temp file's 0600), and
 checkpoints load with ``weights_only=True`` so nothing in a data file executes code."""
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ if TYPE_CHECKING:
     import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+    ``path`` then has mode ``0o666 & ~umask``, as a file made by ``open(path, "w")`` would.
 
     On any exception the temporary file is removed and ``path`` is left untouched."""
     path = Path(path)
@@ -28,6 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -14,12 +14,14 @@ Choices where the authors' code departs from the paper (see DESIGN.md), all docu
 * TRADES KL: ``kl_reduction="sum"`` (TRADES and the paper: summed over classes, mean over the
   batch) or ``"mean"`` (the authors' code: also averaged over classes, i.e. gamma / num_classes).
 * The soft qualifier 1 - f(x)_y is *not* detached, as in the authors' code: its gradient only
-  pushes towards accuracy.
+  pushes towards accuracy. MART's weight 1 - f(x)_y is not detached either, as in MART's code.
 * CRA radius (9): the paper writes it for the label y, which for a misclassified point is negative
   and minimising it would make the point *more* robustly wrong. We follow the authors' code and
   MACER's intent: the radius of the smoothed soft classifier's top class against its runner-up,
   i.e. the radius G is certified with, which is what robust inaccuracy measures. No MACER gamma
-  hinge and no mask to correctly classified points (the soft qualifier does that job).
+  hinge and no mask to correctly classified points (the soft qualifier does that job). PhiInv is
+  evaluated in log space, so the radius keeps its exact value and gradient however confident the
+  smoothed classifier is (see :func:`macer_radius`).
 * L_noise (8): CE of each noisy copy (Cohen et al.'s Gaussian augmentation), averaged over the k
   draws; the authors' CE of the mean logits is available as ``noise_ce="mean_logits"``.
 """
@@ -27,13 +29,14 @@ Choices where the authors' code departs from the paper (see DESIGN.md), all docu
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Normal
+from torch.autograd.function import once_differentiable
 
 from .attacks.pgd import pgd
 from .errors import ParamError
@@ -141,10 +144,13 @@ def trades_attack(model, x, logits_nat, cfg: LossConfig, generator=None) -> torc
 
 
 def trades_terms(model, x, y, cfg: LossConfig, gamma: float, generator=None, x_adv=None):
-    """(5): L_TRADES = CE(f(x), y) + gamma * max_{x'} KL(f(x) || f(x')). Returns (loss, logits_nat, x_adv)."""
-    with torch.no_grad(), eval_mode(model):
-        logits_ref = model(x)
+    """(5): L_TRADES = CE(f(x), y) + gamma * max_{x'} KL(f(x) || f(x')).
+
+    Returns (loss, logits_nat, x_adv, stats). A given ``x_adv`` is used as the inner maximiser
+    (no attack, and no eval-mode forward of x, is run then)."""
     if x_adv is None:
+        with torch.no_grad(), eval_mode(model):
+            logits_ref = model(x)
         x_adv = trades_attack(model, x, logits_ref, cfg, generator)
     logits_nat = model(x)
     kl = kl_div(logits_nat, model(x_adv), cfg.kl_reduction).mean()
@@ -197,7 +203,8 @@ def era_loss(model, x, y, cfg: LossConfig, generator=None):
 def mart_loss(model, x, y, cfg: LossConfig, generator=None):
     """MART (Wang et al. 2020): BCE(f(x'), y) + beta * KL(f(x) || f(x')) * (1 - f(x)_y), x' by PGD-CE.
 
-    BCE(p, y) = -log p_y - log(1 - max_{c != y} p_c)."""
+    BCE(p, y) = -log p_y - log(1 - max_{c != y} p_c). The weight 1 - f(x)_y is not detached (as in
+    MART's reference code): its gradient raises f(x)_y where the adversarial KL is large."""
     with eval_mode(model):
         x_adv = pgd(lambda xa: F.cross_entropy(model(xa), y, reduction="none"), x, cfg.eps,
                     cfg.pgd_steps, step_size=cfg.step_size, norm=cfg.norm, generator=generator)
@@ -205,7 +212,7 @@ def mart_loss(model, x, y, cfg: LossConfig, generator=None):
     p_adv = F.softmax(logits_adv, dim=1)
     other = p_adv.scatter(1, y[:, None], 0).max(1).values
     bce = F.cross_entropy(logits_adv, y, reduction="none") - torch.log(1.0001 - other)
-    kl = kl_div(logits_nat, logits_adv, "sum") * soft_inaccuracy(logits_nat, y).detach()
+    kl = kl_div(logits_nat, logits_adv, "sum") * soft_inaccuracy(logits_nat, y)
     bce_m, kl_m = bce.mean(), kl.mean()
     return bce_m + cfg.beta * kl_m, {"bce": bce_m.item(), "kl": kl_m.item()}
 
@@ -230,11 +237,13 @@ def dga_loss(model, x, y, cfg: LossConfig, generator=None):
 # ----------------------------------------------------------------------------- (8) noise
 def _noisy(x: torch.Tensor, k: int, sigma: float, generator) -> torch.Tensor:
     """k Gaussian copies of each input, laid out [x_0 k times, x_1 k times, ...] (unclamped, as in
-    randomized smoothing's definition)."""
+    randomized smoothing's definition). The noise comes from ``generator`` when one is given, drawn
+    on the generator's device and moved to ``x``'s (as in ``attacks.pgd.random_init``), else from
+    torch's global RNG."""
     xr = x.repeat_interleave(k, dim=0)
-    noise = torch.randn(xr.shape, generator=generator, device=x.device) if generator is not None \
-        else torch.randn_like(xr)
-    return xr + sigma * noise
+    if generator is None:
+        return xr + sigma * torch.randn_like(xr)
+    return xr + sigma * torch.randn(xr.shape, generator=generator, device=generator.device).to(x.device)
 
 
 def noise_loss(model, x, y, cfg: LossConfig, generator=None):
@@ -246,17 +255,73 @@ def noise_loss(model, x, y, cfg: LossConfig, generator=None):
 
 
 # ----------------------------------------------------------------------------- (9), (7) CRA
-_STD_NORMAL = Normal(0.0, 1.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_LOG_HALF = math.log(0.5)
+_TAIL_LOG_Q = -30.0  # below this log q, PhiInv comes from Newton's method on log Phi (q < 1e-13)
+
+
+def _ndtri_exp_value(log_q: torch.Tensor) -> torch.Tensor:
+    """PhiInv(exp(log_q)) for log_q <= log(1/2), without gradient. Above ``_TAIL_LOG_Q`` it is
+    ``ndtri(exp(log_q))``; below, where exp(log_q) would lose precision or underflow, it starts from
+    the tail expansion log Phi(z) ~ -z^2/2 - log(-z) - log sqrt(2 pi) and takes 4 Newton steps on
+    log Phi(z) = log_q (relative error about 1e-7 in float32, 1e-15 in float64, for any log_q)."""
+    with torch.no_grad():
+        moderate = torch.special.ndtri(log_q.exp())
+        t = -2 * log_q.clamp(max=_TAIL_LOG_Q)
+        z = -torch.sqrt(t - torch.log(t) - 2 * _LOG_SQRT_2PI)
+        for _ in range(4):
+            log_cdf = torch.special.log_ndtr(z)
+            z = z - (log_cdf - log_q) * torch.exp(log_cdf + z * z / 2 + _LOG_SQRT_2PI)  # / (log Phi)'
+        return torch.where(log_q > _TAIL_LOG_Q, moderate, z)
+
+
+class _NdtriExp(torch.autograd.Function):
+    """z = PhiInv(exp(log_q)), differentiable in log_q: dz / dlog_q = q / phi(z), evaluated as
+    exp(log_q + z^2/2 + log sqrt(2 pi)) so that neither q nor phi(z) has to be representable."""
+
+    @staticmethod
+    def forward(ctx, log_q: torch.Tensor) -> torch.Tensor:
+        z = _ndtri_exp_value(log_q)
+        ctx.save_for_backward(log_q, z)
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        log_q, z = ctx.saved_tensors
+        return grad * torch.exp(log_q + z * z / 2 + _LOG_SQRT_2PI)
+
+
+def _phi_inv(log_p: torch.Tensor, log_1mp: torch.Tensor) -> torch.Tensor:
+    """PhiInv(p) from log p and log(1 - p): PhiInv(p) if p <= 1/2, else -PhiInv(1 - p), so the
+    argument of the inverse is always the smaller tail and never suffers 1 - p's cancellation."""
+    lower = _NdtriExp.apply(log_p.clamp(max=_LOG_HALF))
+    upper = -_NdtriExp.apply(log_1mp.clamp(max=_LOG_HALF))
+    return torch.where(log_p <= log_1mp, lower, upper)
 
 
 def macer_radius(logits: torch.Tensor, sigma: float, inv_temp: float) -> torch.Tensor:
     """(9) MACER's differentiable certified radius from k noisy logits [B, k, C]:
     CR = sigma / 2 * (PhiInv(p_top) - PhiInv(p_second)), p = mean_j softmax(G * f(x + eta_j)).
 
-    The top class of the smoothed soft classifier is the one G would certify (see module doc)."""
-    p = F.softmax(inv_temp * logits, dim=2).mean(1)
-    top2 = p.topk(2, dim=1).values.clamp(1e-6, 1 - 1e-6)
-    return sigma / 2 * (_STD_NORMAL.icdf(top2[:, 0]) - _STD_NORMAL.icdf(top2[:, 1]))
+    The top class of the smoothed soft classifier is the one G would certify (see module doc).
+
+    Numerics: the result is the exact (9), finite and with its exact gradient for any finite
+    logits. log p comes from a log-sum-exp over the k draws, log(1 - p_c) from a log-sum-exp over
+    the other classes (no 1 - p cancellation), and PhiInv is evaluated from those logs
+    (:func:`_phi_inv`). So a confidently wrong point (wrong-class margin m at inverse temperature
+    G, p_second ~ exp(-G m)) keeps a radius that grows like sigma * sqrt(2 G m) and a gradient of
+    order sigma * G / sqrt(2 G m) that lowers it. Clamping p to [1e-6, 1 - 1e-6] instead would make
+    the gradient exactly zero from G m ~ 14 on, i.e. on the robust-inaccurate points the CRA term
+    (7) exists to push on; MACER's code drops the terms whose icdf is non-finite and hinges at
+    gamma, which the authors' CRA does not use."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    log_p = torch.logsumexp(F.log_softmax(inv_temp * logits, dim=2), dim=1) - math.log(logits.shape[1])
+    log_top2, idx = log_p.topk(2, dim=1)
+    log_rest = torch.stack([log_p.scatter(1, idx[:, i:i + 1], float("-inf")).logsumexp(1)
+                            for i in range(2)], dim=1)  # log(1 - p) of the top two classes
+    z = _phi_inv(log_top2, log_rest)
+    return sigma / 2 * (z[:, 0] - z[:, 1])
 
 
 def cra_loss(model, x, y, cfg: LossConfig, generator=None):

@@ -13,7 +13,9 @@ Empirical records (``evaluate`` stage, Linf or L2 APGD):
     eps           the threat-model radius eps of this file (constant column)
     adv_pred_1x   APGD-CE prediction at the worst point found in B_eps(x), attacking F(x)
                   (so robustness is measured for inaccurate points too)
-    adv_pred_2x   the same in B_2eps(x)
+    adv_conf_1x   f(x')_{F(x)} at that point (the confidence APGD-CE left to F(x))
+    adv_pred_2x, adv_conf_2x   the same in B_2eps(x) (attacked only where the point survived eps:
+                  elsewhere adv_pred_2x = adv_pred_1x and adv_conf_2x is NaN)
     sr_pred_2x    APGD-conf (17) in B_2eps(x): prediction at the point maximising max_{c!=F(x)} f_c
     sr_conf_2x    f(x')_{F(x)} at that point (the softmax-response confidence an attacker reached)
     sr_pred_1x, sr_conf_1x   the same in B_eps(x)
@@ -32,8 +34,11 @@ import pandas as pd
 
 ABSTAIN = -1
 
-EMPIRICAL_COLUMNS = ["index", "label", "pred", "conf", "eps", "adv_pred_1x", "adv_pred_2x",
-                     "sr_pred_1x", "sr_conf_1x", "sr_pred_2x", "sr_conf_2x"]
+EMPIRICAL_COLUMNS = ["index", "label", "pred", "conf", "eps", "adv_pred_1x", "adv_conf_1x",
+                     "adv_pred_2x", "adv_conf_2x", "sr_pred_1x", "sr_conf_1x", "sr_pred_2x", "sr_conf_2x"]
+#: the attack runs of the empirical records, as (prediction, confidence) column prefixes; a run
+#: that was not made holds prediction -1 and confidence NaN
+ATTACKS = (("adv_pred", "adv_conf"), ("sr_pred", "sr_conf"))
 CERTIFIED_COLUMNS = ["index", "label", "pred", "conf", "smooth_pred", "cert_pred", "cert_radius"]
 CERTIFIED_DTYPES = {"index": "int64", "label": "int64", "pred": "int64", "conf": "float64",
                     "smooth_pred": "int64", "cert_pred": "int64", "cert_radius": "float64"}
@@ -54,16 +59,28 @@ def accurate(df: pd.DataFrame) -> np.ndarray:
 
 
 def robust(df: pd.DataFrame, scale: int = 1) -> np.ndarray:
-    """F robust on B_{scale * eps}(x): no attack point changed the prediction F(x).
+    """F robust on B_{scale * eps}(x): **no** attack run at that scale (APGD-CE, and APGD-conf where
+    it was run) changed the prediction F(x).
 
-    Per-sample worst case: B_eps is inside B_2eps, so a point non-robust at eps is non-robust at
-    2 eps even if the 2 eps attack missed it."""
-    r1 = (df["adv_pred_1x"] == df["pred"]).to_numpy()
-    if scale == 1:
-        return r1
-    if scale == 2:
-        return r1 & (df["adv_pred_2x"] == df["pred"]).to_numpy()
-    raise ValueError(f"scale must be 1 or 2, got {scale}")
+    Per-sample worst case over every attack: B_eps is inside B_2eps, so a point non-robust at eps
+    is non-robust at 2 eps even if the 2 eps attacks missed it."""
+    if scale not in (1, 2):
+        raise ValueError(f"scale must be 1 or 2, got {scale}")
+    pred = df["pred"].to_numpy()
+    ok = np.ones(len(df), dtype=bool)
+    for s in range(1, scale + 1):
+        for p, _ in ATTACKS:
+            adv = df[f"{p}_{s}x"].to_numpy()
+            ok &= (adv == pred) | ((adv == ABSTAIN) & (p != "adv_pred"))
+    return ok
+
+
+def worst_confidence(df: pd.DataFrame, scale: int = 2) -> np.ndarray:
+    """The lowest confidence f(x')_{F(x)} any attack run reached in B_{scale * eps}(x) (NaN runs
+    ignored; the clean ``conf`` included, x being in its own ball). Softmax-response robust selection
+    at tau needs this to stay >= tau."""
+    cols = ["conf"] + [f"{c}_{s}x" for s in range(1, scale + 1) for _, c in ATTACKS]
+    return np.nanmin(df[cols].to_numpy(float), axis=1)
 
 
 def certified_robust(df: pd.DataFrame, radius: float) -> np.ndarray:

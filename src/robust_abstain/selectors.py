@@ -33,7 +33,7 @@ import pandas as pd
 from .errors import DataError, ParamError
 from .metrics import by_index
 from .records import (ABSTAIN, CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, certified_robust,
-                      check, robust)
+                      check, robust, worst_confidence)
 
 #: the softmax-response threshold grid (13): tau in {0.00, 0.01, ..., 0.99}
 TAU_GRID: np.ndarray = np.round(np.arange(100) / 100.0, 2)
@@ -109,31 +109,30 @@ def _sr_evidence(df: pd.DataFrame) -> dict[str, np.ndarray]:
     if not has_softmax_response(df):
         raise DataError("records hold no APGD-conf evidence (sr_conf_2x is all NaN): re-run "
                         "evaluate with the softmax-response attack to use S_SR")
-    ev = {c: df[c].to_numpy() for c in ("index", "pred", "sr_pred_1x", "sr_pred_2x")}
-    ev.update({c: df[c].to_numpy(float) for c in ("conf", "sr_conf_1x", "sr_conf_2x")})
-    return ev
+    return {"index": df["index"].to_numpy(), "conf": df["conf"].to_numpy(float),
+            "robust_2x": robust(df, 2), "worst_conf_2x": worst_confidence(df, 2)}
 
 
 def _sr_select(ev: dict[str, np.ndarray], tau: float) -> Selection:
     if not (0.0 <= float(tau) <= 1.0):
         raise ParamError(f"softmax-response threshold tau must be in [0, 1], got {tau!r}")
-    pred = ev["pred"]
     sel = ev["conf"] >= tau
-    rob = sel & (ev["sr_pred_2x"] == pred) & (ev["sr_conf_2x"] >= tau)
-    c1 = ev["sr_conf_1x"]
-    rob &= ~np.isfinite(c1) | ((ev["sr_pred_1x"] == pred) & (c1 >= tau))
+    rob = sel & ev["robust_2x"] & (ev["worst_conf_2x"] >= tau)
     return Selection(f"SR@{tau:.2f}", ev["index"], sel, rob, {"tau": float(tau)})
 
 
 def softmax_response(df: pd.DataFrame, tau: float) -> Selection:
-    """(13) S_SR(x) = 1{max_c f(x)_c >= tau}, attacked with APGD-conf (17).
+    """(13) S_SR(x) = 1{max_c f(x)_c >= tau}, attacked with APGD-conf (17) and APGD-CE.
 
     selected(x)          = conf >= tau
-    robustly_selected(x) = conf >= tau, and the APGD-conf attack in B_2eps(x) neither changed F(x)
-                           nor pushed f(x')_{F(x)} below tau (sr_pred_2x == pred and
-                           sr_conf_2x >= tau); per-sample worst case: the same must hold for the
-                           B_eps attack (sr_pred_1x, sr_conf_1x) where it was run, since
-                           B_eps(x) lies inside B_2eps(x)."""
+    robustly_selected(x) = conf >= tau, the lowest confidence f(x')_{F(x)} that any attack run in
+                           B_2eps(x) reached (APGD-CE and APGD-conf, at eps and at 2 eps: B_eps(x)
+                           lies inside B_2eps(x)) stays >= tau (:func:`records.worst_confidence`;
+                           max_c f(x')_c >= f(x')_{F(x)}, so S_SR(x') = 1 there), and no attack
+                           changed F(x) (the attacks stop at the first flip, so a confidence recorded
+                           after one is not a minimum). For tau > 1/2 the last condition is implied;
+                           below 1/2 it makes S_SR's robust selection a subset of S_ERI's: the
+                           attacks cannot show more."""
     if not (0.0 <= float(tau) <= 1.0):
         raise ParamError(f"softmax-response threshold tau must be in [0, 1], got {tau!r}")
     return _sr_select(_sr_evidence(df), float(tau))
@@ -236,3 +235,31 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     keep = ~(ge & gt).any(1)            # row i is dominated by some column j
     front = np.flatnonzero(ok)[keep]
     return sorted(front.tolist(), key=lambda i: (p[i, 0], i))
+
+
+# ---------------------------------------------------------------------------------- specs
+#: deployable selector kinds (:class:`SelectorSpec`)
+KINDS = ("ERI", "SR")
+
+
+@dataclass(frozen=True)
+class SelectorSpec:
+    """A deployable selector: ``kind`` "ERI" (robustness indicator of F_robust) or "SR" (softmax
+    response at threshold ``tau``)."""
+
+    kind: str
+    tau: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ParamError(f"selector kind must be one of {list(KINDS)}, got {self.kind!r}")
+        if self.kind == "SR" and (self.tau is None or not 0.0 <= self.tau <= 1.0):
+            raise ParamError(f"softmax response needs tau in [0, 1], got {self.tau!r}")
+
+    @property
+    def name(self) -> str:
+        return "ERI" if self.kind == "ERI" else f"SR@{self.tau:.2f}"
+
+    def selection(self, records: pd.DataFrame) -> Selection:
+        """This selector evaluated on ``records`` (selectors.py)."""
+        return eri(records) if self.kind == "ERI" else softmax_response(records, float(self.tau))

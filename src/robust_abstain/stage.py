@@ -11,12 +11,18 @@ from .errors import RobustAbstainError
 from .params import load_params, section
 
 
+#: CPU threads of every stage (the default machine's 2 cores); ``RA_THREADS`` overrides
+THREADS = 2
+
+
 def run(main: Callable[[], None]) -> None:
     """Call ``main``; turn a :class:`RobustAbstainError` into ``error: ...`` on stderr and exit 1.
-    ``RA_THREADS`` (env) sets torch's CPU threads, for stages that use torch (imported by then)."""
+    Stages that use torch (imported by then) run on ``RA_THREADS`` CPU threads, default
+    :data:`THREADS`: results depend on the thread count (bench/bench_isa.py), so every machine uses
+    the same one unless told otherwise."""
     torch = sys.modules.get("torch")
-    if os.environ.get("RA_THREADS") and torch is not None:
-        torch.set_num_threads(int(os.environ["RA_THREADS"]))
+    if torch is not None:
+        torch.set_num_threads(int(os.environ.get("RA_THREADS", THREADS)))
     try:
         main()
     except RobustAbstainError as e:

@@ -2,9 +2,18 @@
 resume after a kill.
 
 Guarantees
-* Reproducible on CPU: shuffling and attack/noise randomness come from generators seeded by
-  (seed, epoch), so a run resumed from its last finished epoch ends with the same weights as an
-  uninterrupted one.
+* Exact resume: every random stream of a training step is derived from ``(seed, epoch)`` or
+  ``(seed, epoch, batch)``, never carried over from earlier epochs in memory: the data order and
+  the loss's draws (PGD random starts, noise) come from a generator seeded per epoch on the
+  training device, augmentation from one per batch, and torch's, numpy's and Python's global RNGs
+  (dropout, if a model has it) are re-seeded before every batch. Validation draws from its own
+  fixed seed. So a run killed at any point and resumed from its last finished epoch ends with the
+  same weights, bit for bit, as an uninterrupted one. The caller's global RNG states are restored
+  when :func:`fit` returns.
+* The resume state is keyed by the configs, the initial weights, the training and validation data
+  and the package's source code (:func:`source_fingerprint`): a state made by other code or data is
+  removed, never resumed. :func:`fit` removes its state when it returns; states live under
+  ``state/`` (:data:`STATE_DIR`, gitignored), one per output (:func:`state_dir_for`).
 * Never selects on the test set: ``select`` ranks epochs on the validation split only.
 * A non-finite loss stops training with :class:`TrainingDivergedError`; the last good epoch's
   state stays on disk for inspection, and no final model is written.
@@ -16,18 +25,26 @@ Guarantees
   inner attack that the loss runs; the weights, the optimiser and validation stay fp32. Evaluation
   attacks (APGD, PGD) and certification elsewhere in the project always run in fp32: low-precision
   gradients can weaken an attack, which would overstate robust accuracy.
+
+For tests only: ``RA_TEST_KILL_AT=E:B`` (env) makes the process SIGKILL itself just before batch
+``B`` of epoch ``E`` (both 1-based), i.e. in mid-epoch, after batches 1..B-1 have changed the
+weights in memory: a real kill at an exact place (tests/test_resume.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
+import os
+import random
+import signal
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -37,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from .attacks.pgd import pgd
-from .errors import ParamError, TrainingDivergedError
+from .errors import CheckpointError, ParamError, TrainingDivergedError
 from .io import load_checkpoint, save_checkpoint
 from .losses import LossConfig, LossFn, Stats, get_loss
 from .params import choice, count, non_negative, number, positive
@@ -117,10 +134,46 @@ def _augment(x: torch.Tensor, policy: str | None, g: torch.Generator) -> torch.T
     return augment_batch(x, policy, g)
 
 
-def batch_seed(seed: int, epoch: int, batch: int) -> int:
-    """The seed of batch ``batch``'s augmentation in epoch ``epoch`` (independent streams via
-    numpy's SeedSequence, as elsewhere in the project)."""
-    return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(1, np.uint64)[0])
+AUGMENT, GLOBAL = 0, 1  # the per-batch streams of batch_seed
+
+
+def batch_seed(seed: int, epoch: int, batch: int, stream: int = AUGMENT) -> int:
+    """The seed of ``stream`` (``AUGMENT``: the batch's augmentation; ``GLOBAL``: the global RNGs
+    during its step) for batch ``batch`` of epoch ``epoch``: independent streams via numpy's
+    SeedSequence, as elsewhere in the project."""
+    entropy = [seed, epoch, batch] if stream == AUGMENT else [seed, epoch, batch, stream]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s data order and of the loss's draws in that epoch."""
+    return seed * 100003 + epoch
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def seed_global_rngs(seed: int, device: torch.device) -> None:
+    """Seed torch's global RNG (CPU, and ``device`` when it is a CUDA device), numpy's and Python's."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def global_rngs_restored(device: torch.device) -> Iterator[None]:
+    """Restore torch's (CPU and ``device``), numpy's and Python's global RNG states on exit."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class EpochBatches(Dataset):
@@ -158,14 +211,73 @@ def iterate_batches(ds: EpochBatches, workers: int, device: torch.device
                            pin_memory=device.type == "cuda", prefetch_factor=4))
 
 
+STATE_DIR = Path("state")  # resume states, relative to the working directory (gitignored)
+KILL_AT_ENV = "RA_TEST_KILL_AT"
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def state_dir_for(out: str | Path) -> Path:
+    """The folder of the resume state of the run that writes ``out``: :data:`STATE_DIR` followed by
+    ``out``'s folder (``models/cert/headline.pt`` -> ``state/models/cert``), so two outputs with one
+    name in two folders never share a state."""
+    parent = Path(os.path.abspath(Path(out).parent))
+    try:
+        rel = parent.relative_to(Path.cwd())
+    except ValueError:
+        rel = parent.relative_to(parent.anchor)
+    return STATE_DIR / rel
+
+
+def sources_digest(root: Path) -> str:
+    """sha256 of every ``.py`` file under ``root``: relative names and bytes."""
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        data = f.read_bytes()
+        h.update(f"{f.relative_to(root).as_posix()}\0{len(data)}\0".encode() + data)
+    return h.hexdigest()
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """:func:`sources_digest` of the package (read once per process): part of the resume key, so
+    a state made by other code (e.g. another ``losses.py``) is never resumed."""
+    return sources_digest(PACKAGE_ROOT)
+
+
+def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:
+    """sha256 of the tensors' shapes, dtypes and values (in logical order, whatever the layout)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _state_key_cfg(cfg: TrainConfig) -> dict:
-    """The part of ``cfg`` that identifies a resumable state: ``workers`` does not change the
-    result, and ``amp`` at its default is left out so states written before it existed resume."""
+    """The part of ``cfg`` that identifies a resumable state (``workers`` does not change the result)."""
     d = asdict(cfg)
     del d["workers"]
-    if d["amp"] == "none":
-        del d["amp"]
     return d
+
+
+def resume_key(loss_cfg: LossConfig, cfg: TrainConfig, init: dict[str, torch.Tensor],
+               train: TensorDataset, val: TensorDataset) -> str:
+    """What a resume state must match: configs, initial weights, data and the package's code."""
+    return fingerprint(loss_cfg, _state_key_cfg(cfg), tensor_digest(init.values()),
+                       tensor_digest(train.tensors), tensor_digest(val.tensors), source_fingerprint())
+
+
+def _kill_point() -> tuple[int, int] | None:
+    """(epoch, batch), 1-based, from ``RA_TEST_KILL_AT=E:B``; None when unset (tests only)."""
+    v = os.environ.get(KILL_AT_ENV)
+    if not v:
+        return None
+    try:
+        epoch, batch = (int(p) for p in v.split(":"))
+    except ValueError:
+        raise ParamError(f"{KILL_AT_ENV} must be EPOCH:BATCH (1-based), got {v!r}") from None
+    return epoch, batch
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -195,12 +307,15 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch
 def validate(model: nn.Module, ds: TensorDataset, loss_cfg: LossConfig, seed: int,
              batch_size: int = 500, device: torch.device | None = None) -> dict[str, float]:
     """Validation loss (the training objective), natural accuracy and, for adversarial losses,
-    PGD robust accuracy / robust inaccuracy at the training eps (attacking the prediction F(x))."""
+    PGD robust accuracy / robust inaccuracy at the training eps (attacking the prediction F(x)).
+
+    Its draws (PGD starts, noise) come from a generator on ``device`` seeded with ``seed``: the same
+    in every epoch, in a resumed run and on every device type."""
     loss_fn = get_loss(loss_cfg.name)
     model.eval()
     device = device or torch.device("cpu")
     x, y = (t.to(device) for t in ds.tensors)
-    g = torch.Generator().manual_seed(seed) if device.type == "cpu" else None
+    g = _generator(device, seed)
     total, n = 0.0, 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
@@ -263,14 +378,77 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, lo
     return loss, stats
 
 
+def _resume(state_path: Path, key: str, model: nn.Module, opt: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler | None, desc: str, epochs: int) -> dict | None:
+    """Load the state at ``state_path`` into ``model``, ``opt`` and ``scaler`` if its key is ``key``
+    and return it; remove a state with another key (other params, data or code) or one that does
+    not load, and return None."""
+    if not state_path.is_file():
+        return None
+    try:
+        st = load_checkpoint(state_path)
+    except CheckpointError:
+        st = None
+    if not isinstance(st, dict) or st.get("key") != key:
+        print(f"[{desc}] removing {state_path}: made with other params, data or code, or unreadable")
+        state_path.unlink()
+        return None
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    if scaler is not None:
+        scaler.load_state_dict(st["scaler"])
+    print(f"[{desc}] resuming after epoch {st['epoch']}/{epochs} from {state_path}")
+    return st
+
+
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, loss_cfg: LossConfig,
+                 train: TensorDataset, cfg: TrainConfig, epoch: int, device: torch.device,
+                 amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, desc: str,
+                 state_path: Path) -> dict[str, float]:
+    """Epoch ``epoch`` (0-based) of :func:`fit`; returns the mean of each training stat.
+
+    Its randomness depends only on (seed, epoch, batch): the data order comes from a CPU generator
+    seeded from (seed, epoch); the loss draws from that generator, after the permutation, on CPU,
+    and from one with the same seed on another ``device``; the global RNGs are seeded per batch."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, epoch)
+    x, y = train.tensors
+    g = _generator(torch.device("cpu"), epoch_seed(cfg.seed, epoch))
+    perm = torch.randperm(len(y), generator=g)
+    loss_g = g if device.type == "cpu" else _generator(device, epoch_seed(cfg.seed, epoch))
+    model.train()
+    kill_at = _kill_point()
+    sums: dict[str, float] = {}
+    batches = EpochBatches(x, y, perm, cfg.batch_size, cfg.augment, cfg.seed, epoch)
+    bar = tqdm(enumerate(iterate_batches(batches, cfg.workers, device)), total=len(batches),
+               desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
+    for b, (xb, yb) in bar:
+        if kill_at == (epoch + 1, b + 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+        seed_global_rngs(batch_seed(cfg.seed, epoch, b, GLOBAL), device)
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        try:
+            loss, stats = train_step(model, opt, loss_fn, loss_cfg, xb, yb, loss_g, amp_dtype, scaler)
+        except TrainingDivergedError as e:
+            raise TrainingDivergedError(
+                f"[{desc}] {e} at epoch {epoch + 1}, batch {b + 1}; lower the learning rate "
+                f"(lr={cfg.lr}) or check the data. Last good state: {state_path}") from None
+        for k, v in {"loss": loss.item(), **stats}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return {f"train_{k}": v / len(batches) for k, v in sums.items()}
+
+
 def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: TensorDataset,
         cfg: TrainConfig, state_path: str | Path, log: Callable[[int, dict], None] | None = None,
         desc: str = "train") -> tuple[nn.Module, list[dict]]:
     """Train ``model`` with ``loss_cfg`` and return (the selected model, per-epoch history).
 
     ``state_path`` holds the resumable state (weights, optimiser, fp16 gradient scaler,
-    best-so-far, history), written atomically after every epoch; a matching state (same configs
-    and initial weights) is resumed, and then ends with the same weights as an uninterrupted run.
+    best-so-far, history), written atomically after every epoch. A state with the same
+    :func:`resume_key` (configs, initial weights, data, package code) is resumed, and the run then
+    ends with the same weights as an uninterrupted one; any other state is removed. The state is
+    removed when ``fit`` returns, and kept when it raises (e.g. :class:`TrainingDivergedError`).
 
     ``cfg.amp``: ``"bf16"`` / ``"fp16"`` run only the training loss (its forward passes and its
     inner attack, e.g. TRADES's PGD) under :func:`torch.autocast`; the backward pass, the
@@ -286,67 +464,37 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
     train = seeded_subset(train, cfg.n_train, cfg.seed)
     val = seeded_subset(val, cfg.n_val, cfg.seed + 1)
     init_sd = {k: v.clone() for k, v in model.state_dict().items()}
-    key = fingerprint(loss_cfg, _state_key_cfg(cfg), hashlib.sha256(b"".join(
-        v.detach().cpu().numpy().tobytes() for v in init_sd.values())).hexdigest(), len(train), len(val))
+    key = resume_key(loss_cfg, cfg, init_sd, train, val)
     opt = make_optimizer(model, cfg)
     device = resolve_device(cfg.device)
     amp_dtype = AMP[cfg.amp]
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    start, history, best, best_score = 0, [], copy.deepcopy(init_sd), -math.inf
     state_path = Path(state_path)
-    if state_path.is_file():
-        st = load_checkpoint(state_path)
-        if st.get("key") == key:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            if scaler is not None:
-                scaler.load_state_dict(st["scaler"])
-            start, history, best, best_score = st["epoch"], st["history"], st["best"], st["best_score"]
-            print(f"[{desc}] resuming after epoch {start}/{cfg.epochs} from {state_path}")
-        else:
-            print(f"[{desc}] ignoring {state_path}: made with other params")
+    st = _resume(state_path, key, model, opt, scaler, desc, cfg.epochs) or {
+        "epoch": 0, "history": [], "best": copy.deepcopy(init_sd), "best_score": -math.inf}
+    start, history, best, best_score = st["epoch"], st["history"], st["best"], st["best_score"]
     model.to(device)
-    x, y = train.tensors
-    for epoch in range(start, cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        perm = torch.randperm(len(y), generator=g)
-        model.train()
-        sums: dict[str, float] = {}
-        batches = EpochBatches(x, y, perm, cfg.batch_size, cfg.augment, cfg.seed, epoch)
-        nb = len(batches)
-        bar = tqdm(enumerate(iterate_batches(batches, cfg.workers, device)), total=nb,
-                   desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
-        for b, (xb, yb) in bar:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            try:
-                loss, stats = train_step(model, opt, loss_fn, loss_cfg, xb, yb,
-                                         g if device.type == "cpu" else None, amp_dtype, scaler)
-            except TrainingDivergedError as e:
-                raise TrainingDivergedError(
-                    f"[{desc}] {e} at epoch {epoch + 1}, batch {b + 1}; lower the learning rate "
-                    f"(lr={cfg.lr}) or check the data. Last good state: {state_path}") from None
-            for k, v in {"loss": loss.item(), **stats}.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        metrics = {f"train_{k}": v / nb for k, v in sums.items()}
-        metrics.update(validate(model, val, loss_cfg, seed=cfg.seed + 7, device=device))
-        metrics["lr"] = lr_at(cfg, epoch)
-        score = _score(metrics, cfg.select) if cfg.select != "last" else epoch
-        if score >= best_score:
-            best_score, best = score, {k: v.detach().clone() for k, v in model.state_dict().items()}
-        metrics["selected"] = float(score == best_score)
-        history.append({"epoch": epoch + 1, **metrics})
-        if log is not None:
-            log(epoch + 1, metrics)
-        print(f"[{desc}] epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(),
-                 "optimizer": opt.state_dict(), "history": history, "best": best,
-                 "best_score": best_score}
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        save_checkpoint(state, state_path)
+    with global_rngs_restored(device):
+        for epoch in range(start, cfg.epochs):
+            metrics = _train_epoch(model, opt, loss_fn, loss_cfg, train, cfg, epoch, device, amp_dtype,
+                                   scaler, desc, state_path)
+            metrics.update(validate(model, val, loss_cfg, seed=cfg.seed + 7, device=device))
+            metrics["lr"] = lr_at(cfg, epoch)
+            score = _score(metrics, cfg.select) if cfg.select != "last" else epoch
+            if score >= best_score:
+                best_score, best = score, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            metrics["selected"] = float(score == best_score)
+            history.append({"epoch": epoch + 1, **metrics})
+            if log is not None:
+                log(epoch + 1, metrics)
+            print(f"[{desc}] epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(),
+                     "optimizer": opt.state_dict(), "history": history, "best": best,
+                     "best_score": best_score}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            save_checkpoint(state, state_path)
     model.load_state_dict(best)
     model.eval()
+    state_path.unlink(missing_ok=True)
     return model.cpu(), history

@@ -106,7 +106,7 @@ def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 def pgd(objective: Objective, x: torch.Tensor, eps: float, steps: int, step_size: float | None = None,
         norm: str = "linf", random_start: bool = True, generator: torch.Generator | None = None,
-        maximize: bool = True) -> torch.Tensor:
+        maximize: bool = True, start: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient ascent (``maximize``) or descent on ``objective`` within the eps-ball.
 
     Args:
@@ -120,6 +120,8 @@ def pgd(objective: Objective, x: torch.Tensor, eps: float, steps: int, step_size
         random_start: start from :func:`random_init` instead of ``x``.
         generator: source of the random start (reproducible); torch's global RNG when None.
         maximize: ascend (True) or descend (False) the objective.
+        start: the first iterate (projected into the ball around ``x``), e.g. another attack's
+            point; overrides ``random_start``.
 
     Returns:
         The last iterate, detached, in the ball around ``x`` and in [0, 1] (see module docstring).
@@ -135,7 +137,10 @@ def pgd(objective: Objective, x: torch.Tensor, eps: float, steps: int, step_size
     x = x.detach()
     if eps == 0 or steps == 0:
         return x.clone()
-    x_adv = random_init(x, eps, norm, generator) if random_start else x.clone()
+    if start is not None:
+        x_adv = project(start.detach().to(x.device, x.dtype), x, eps, norm)
+    else:
+        x_adv = random_init(x, eps, norm, generator) if random_start else x.clone()
     sign = 1.0 if maximize else -1.0
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)

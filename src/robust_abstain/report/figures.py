@@ -73,6 +73,7 @@ def rob_acc_vs_rob_inacc(mdf: pd.DataFrame, eps: float) -> Figure:
             d = _sort_beta(tuned[tuned["loss"] == loss])
             x, y = 100 * d[f"rob_inacc_{s}"].to_numpy(), 100 * d[f"rob_acc_{s}"].to_numpy()
             ax.plot(x, y, label=loss.upper(), linewidth=1.2, markersize=6, **_style(i))
+            _bars(ax, d, f"rob_inacc_{s}", f"rob_acc_{s}", _style(i)["color"])
             for xi, yi, b in zip(x, y, d["beta"]):
                 ax.annotate(_beta_label(b), (xi, yi), textcoords="offset points", xytext=(4, 3),
                             fontsize=7)
@@ -82,12 +83,25 @@ def rob_acc_vs_rob_inacc(mdf: pd.DataFrame, eps: float) -> Figure:
         for _, r in base.iterrows():
             ax.scatter([100 * r[f"rob_inacc_{s}"]], [100 * r[f"rob_acc_{s}"]], marker="x", c="k",
                        s=60, zorder=6, label=f"base ({r['name']})")
+        _bars(ax, base, f"rob_inacc_{s}", f"rob_acc_{s}", "k")
         _pct_axes(ax, "robust inaccuracy $R_{rob}^{-acc}$", "robust accuracy $R_{rob}^{acc}$")
         ax.set_title(title)
     _legend(axes[1])
-    fig.suptitle("Robust accuracy vs robust inaccuracy (circled: headline run)")
+    fig.suptitle("Robust accuracy vs robust inaccuracy (circled: headline run; bars: 95 % intervals)")
     fig.tight_layout()
     return fig
+
+
+def _bars(ax, d: pd.DataFrame, xkey: str, ykey: str, color: str) -> None:
+    """95 % interval bars (columns ``<key>_lo`` / ``<key>_hi``) where the frame has them."""
+    cols = [f"{k}_{e}" for k in (xkey, ykey) for e in ("lo", "hi")]
+    if not all(c in d.columns for c in cols) or not len(d):
+        return
+    x, y = 100 * d[xkey].to_numpy(float), 100 * d[ykey].to_numpy(float)
+    xerr = np.abs(np.vstack([x - 100 * d[cols[0]].to_numpy(float), 100 * d[cols[1]].to_numpy(float) - x]))
+    yerr = np.abs(np.vstack([y - 100 * d[cols[2]].to_numpy(float), 100 * d[cols[3]].to_numpy(float) - y]))
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=0.7, alpha=0.6,
+                capsize=2)
 
 
 def selection_pareto(adf: pd.DataFrame) -> Figure:
@@ -130,10 +144,11 @@ def selection_pareto(adf: pd.DataFrame) -> Figure:
 
 
 def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | None = None) -> Figure:
-    """Figure 4 analog: natural accuracy (y) against robust accuracy (x, paper's rule) of the
-    compositions (12) with the core model (a star). ERI compositions of the fine-tuned models
-    connected over beta per loss, of the base model a black cross; SR compositions as a dashed
-    curve over tau for the base and headline models; the robust models alone as grey dots when
+    """Figure 4 analog: natural accuracy (y) against robust accuracy (x, the headline score: sound
+    and not fooled by the adaptive attack) of the compositions (12) with the core model (a star),
+    with 95 % interval bars where ``cdf`` has ``_lo`` / ``_hi`` columns. ERI compositions of the
+    fine-tuned models connected over beta per loss, of the base model a black cross; SR
+    compositions (tau chosen on validation) as diamonds; the robust models alone as grey dots when
     given. ``cdf`` columns: model, loss, beta, role, selector, tau, nat_acc, rob_acc; ``core``:
     name, nat_acc, rob_acc."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -142,6 +157,7 @@ def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | No
         d = _sort_beta(eri[eri["loss"] == loss])
         ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], label=f"core + ERI({loss.upper()})",
                 linewidth=1.2, **_style(i))
+        _bars(ax, d, "rob_acc", "nat_acc", _style(i)["color"])
         for _, r in d.iterrows():
             ax.annotate(_beta_label(r["beta"]) or r["model"], (100 * r["rob_acc"], 100 * r["nat_acc"]),
                         textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -152,17 +168,17 @@ def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | No
         ax.scatter([100 * r["rob_acc"]], [100 * r["nat_acc"]], marker="x", c="k", s=60, zorder=6,
                    label=f"core + ERI(base: {r['model']})")
     sr = cdf[cdf["selector"] == "SR"]
-    for j, model in enumerate(_sr_models(cdf)):
-        d = sr[sr["model"] == model].sort_values("tau")
-        ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], linestyle="--", linewidth=1,
-                color=f"C{(j + 5) % 10}", label=f"core + SR over τ ({model})")
+    if len(sr):
+        ax.scatter(100 * sr["rob_acc"], 100 * sr["nat_acc"], marker="D", s=22, c="C6", zorder=4,
+                   label="core + SR (τ chosen on validation)")
+        _bars(ax, sr, "rob_acc", "nat_acc", "C6")
     if robust_models is not None and len(robust_models):
         ax.scatter(100 * robust_models["rob_acc_1x"], 100 * robust_models["nat_acc"], c="0.6",
                    marker=".", s=40, label="robust models alone")
     ax.scatter([100 * core["rob_acc"]], [100 * core["nat_acc"]], marker="*", s=260, c="gold",
                edgecolors="k", zorder=6, label=f"core ({core['name']})")
     ax.axhline(100 * core["nat_acc"], color="k", linewidth=0.6, linestyle=":")
-    _pct_axes(ax, "robust accuracy $R_{rob}^{acc}$ (rule)", "natural accuracy $R_{nat}$")
+    _pct_axes(ax, "robust accuracy $R_{rob}^{acc}$ (sound, adaptive)", "natural accuracy $R_{nat}$")
     ax.set_title("Compositions with the core model (circled: headline run)")
     _legend(ax)
     fig.tight_layout()
