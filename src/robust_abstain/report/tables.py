@@ -127,7 +127,7 @@ def seeds_table(sdf: pd.DataFrame) -> str:
                         "comp_rob_acc") if c in sdf.columns]
     names = {"nat_acc": "R_nat", "rob_acc_1x": "R_rob^acc (ε)", "rob_inacc_1x": "R_rob^-acc (ε)",
              "rob_inacc_2x": "R_rob^-acc (2ε)", "comp_nat_acc": "H: R_nat",
-             "comp_rob_acc": "H: R_rob^acc (sound)"}
+             "comp_rob_acc": "H: R_rob^acc (headline)"}
     rows = [[str(int(r["seed"]))] + [pct(r[c]) for c in cols] for _, r in sdf.iterrows()]
     if len(sdf) > 1:
         rows.append(["mean ± sd"] + [f"{pct(sdf[c].mean())} ± {100 * sdf[c].std(ddof=1):.1f}" for c in cols])
