@@ -8,20 +8,13 @@ import torch
 
 from robust_abstain import stage
 from robust_abstain.adaptive import AttackConfig, adaptive_records
-from robust_abstain.selectors import SelectorSpec
 from robust_abstain.choose import sr_tau, tau_grid
 from robust_abstain.data import load_prepared
 from robust_abstain.io import save_csv
 from robust_abstain.metrics import align
 from robust_abstain.models.checkpoint import load_model
-from robust_abstain.errors import ParamError
-from robust_abstain.params import choice, count, non_negative, probability
-
-
-def sr_scales(value) -> list:
-    if not isinstance(value, list) or any(v not in (1, 2) for v in value):
-        raise ParamError(f"evaluate.sr_scales must be a list of scales from [1, 2], got {value!r}")
-    return value
+from robust_abstain.params import choice, count, non_negative, probability, scales
+from robust_abstain.selectors import SelectorSpec
 
 
 def main() -> None:
@@ -51,7 +44,7 @@ def main() -> None:
                        push_steps=count(p.get("adaptive_push_steps"), "evaluate.adaptive_push_steps"),
                        seed=count(p.get("seed"), "evaluate.seed", min=0),
                        batch_size=count(p.get("batch_size"), "evaluate.batch_size"),
-                       selector_conf=1 in sr_scales(p.get("sr_scales")))
+                       selector_conf=1 in scales(p.get("sr_scales"), "evaluate.sr_scales"))
     robust_model, _, _ = load_model(args.model)
     core_model, _, _ = load_model(args.core_model)
     test = load_prepared(args.data).split("test")

@@ -8,18 +8,11 @@ import torch
 from robust_abstain import stage
 from robust_abstain.data import load_prepared
 from robust_abstain.evaluate import empirical_records
-from robust_abstain.errors import ParamError
 from robust_abstain.io import save_csv
 from robust_abstain.models.checkpoint import load_model
-from robust_abstain.params import choice, count, non_negative
+from robust_abstain.params import choice, count, non_negative, scales
 from robust_abstain.records import accurate, robust
 from robust_abstain.train import resolve_device
-
-
-def sr_scales(value, key: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or any(v not in (1, 2) for v in value):
-        raise ParamError(f"{key} must be a list of scales from [1, 2] (empty: no APGD-conf), got {value!r}")
-    return tuple(value)
 
 
 def main() -> None:
@@ -39,7 +32,7 @@ def main() -> None:
               restarts=count(p.get("restarts", 1), f"{sec}.restarts"),
               seed=count(p.get("seed", 0), f"{sec}.seed", min=0),
               batch_size=count(p.get("batch_size", 500), f"{sec}.batch_size"),
-              sr_scales=sr_scales(p.get("sr_scales", [2]), f"{sec}.sr_scales"))
+              sr_scales=scales(p.get("sr_scales", [2]), f"{sec}.sr_scales"))
     jobs = [("test", n, args.out)]
     if args.val_out:
         jobs.append(("val", count(p.get("n_val_points"), f"{sec}.n_val_points"), args.val_out))

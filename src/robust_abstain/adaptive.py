@@ -132,7 +132,8 @@ def attack_composition(robust_model: nn.Module, core_model: nn.Module, spec: Sel
     idx = torch.as_tensor(np.flatnonzero(targets), dtype=torch.long)
     if len(idx) == 0 or cfg.eps == 0:
         return fooled, h_adv
-    robust_model.eval(), core_model.eval()
+    robust_model.eval()
+    core_model.eval()
     xs, ys = x[idx], y[idx]
     worst = torch.full((len(idx),), -1, dtype=torch.long)
     for cand in _candidates(robust_model, core_model, spec, xs, ys, cfg):

@@ -229,24 +229,20 @@ def compose_adaptive(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: 
                      adaptive_df: pd.DataFrame) -> dict[str, Any]:
     """The composition (12) scored three ways side by side, and headlined by the lowest.
 
-    Per point: ``rule`` (the paper's rule), ``sound`` (module docstring), ``adaptive`` = rule AND
-    H(x) = y AND NOT h_adv_wrong (the end-to-end attack on H, schema :data:`ADAPTIVE_COLUMNS`),
-    and the headline ``rob_acc`` = sound AND NOT h_adv_wrong (the per-point worst case of all
-    evidence). Keys: those of :func:`compose_rule` (``rob_acc`` replaced by the headline) plus
-    ``rob_acc_sound``, ``rob_acc_adaptive``, ``gap`` (rule minus headline, >= 0) and
-    ``n_overcounted`` (points the rule counts that the headline refutes)."""
-    arrs, sels = _prepare([robust_df], core_df, [selection])
-    o = _outcome(arrs, sels)
-    out = _single(_summarise(o, arrs[-1], 1))
-    rule = o["rob_acc_paper"]
-    wrong = _adaptive_wrong(adaptive_df, arrs[-1].index, rule)
-    headline = o["rob_acc_sound"] & ~wrong
+    Per point (:func:`composition_outcome`): ``rule`` (the paper's rule), ``sound`` (module
+    docstring), ``adaptive`` = rule AND H(x) = y AND NOT h_adv_wrong (the end-to-end attack on H,
+    schema :data:`ADAPTIVE_COLUMNS`), and the headline ``rob_acc`` = sound AND NOT h_adv_wrong (the
+    per-point worst case of all evidence). Keys: those of :func:`compose_rule` (``rob_acc`` replaced
+    by the headline) plus ``rob_acc_sound``, ``rob_acc_adaptive``, ``gap`` (rule minus headline,
+    >= 0) and ``n_overcounted`` (points the rule counts that the headline refutes)."""
+    out = compose_rule(robust_df, core_df, selection)
+    pts = composition_outcome(robust_df, core_df, selection, adaptive_df)
     out["rob_acc_sound"] = out["rob_acc"]
-    out["rob_acc_adaptive"] = float((rule & o["h_correct"] & ~wrong).mean())
-    out["rob_acc"] = float(headline.mean())
+    out["rob_acc_adaptive"] = float(pts["rob_acc_adaptive"].mean())
+    out["rob_acc"] = float(pts["rob_acc"].mean())
     out["d_rob_acc"] = out["rob_acc"] - out["core_rob_acc"]
     out["gap"] = out["rob_acc_rule"] - out["rob_acc"]
-    out["n_overcounted"] = int((rule & ~headline).sum())
+    out["n_overcounted"] = int((pts["rob_acc_rule"] & ~pts["rob_acc"]).sum())
     return out
 
 
@@ -320,12 +316,6 @@ class _Cache:
     def metrics(self, chain: Sequence[int]) -> dict[str, Any]:
         return _cascade_metrics([self.arrs[i] for i in chain] + [self.core],
                                 [self.sels[i] for i in chain])
-
-
-def compose_many(candidates: Sequence[Candidate], core_df: pd.DataFrame) -> list[dict[str, Any]]:
-    """:func:`compose_rule` for every candidate (records prepared once)."""
-    cache = _Cache(candidates, core_df)
-    return [_single(cache.metrics([i])) for i in range(len(candidates))]
 
 
 def _best_single(cache: _Cache, n: int, key: str, max_nat_drop: float | None) -> tuple:
@@ -403,6 +393,31 @@ def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
 
 
 # ---------------------------------------------------------------------------------- certified
+def certified_composition_outcome(cert_df: pd.DataFrame, core_df: pd.DataFrame,
+                                  selection: Selection) -> pd.DataFrame:
+    """Per-point outcome of :func:`compose_certified`, sorted by index: columns ``index``,
+    ``h_correct``, ``rob_acc`` (sound), ``rob_acc_rule``, ``rob_acc_certified``, ``core_acc``,
+    ``core_rob_acc`` (the core alone, robust-accurate at eps)."""
+    cert = by_index(check(cert_df, CERTIFIED_COLUMNS, "certified records"), "certified records")
+    core = by_index(check(core_df, EMPIRICAL_COLUMNS, "core records"), "core records").set_index("index")
+    idx = cert["index"].to_numpy()
+    missing = sorted(set(idx.tolist()) - set(core.index.tolist()))
+    if missing:
+        raise DataError(f"core records lack certified test points, e.g. {missing[:5]}")
+    core = core.loc[idx].reset_index()
+    sel = selection.aligned_to(idx)
+    g_ok = cert["cert_pred"].to_numpy() == cert["label"].to_numpy()
+    c_ok = accurate(core)
+    c_rob = c_ok & robust(core, 1)
+    eps = float(selection.params["eps"])
+    nat = np.where(sel.selected, g_ok, c_ok)
+    certified_part = certified_robust(cert, 2 * eps) & g_ok
+    return pd.DataFrame({"index": idx, "h_correct": nat,
+                         "rob_acc": nat & (certified_part | (certified_robust(cert, eps) & g_ok & c_rob)),
+                         "rob_acc_rule": np.where(certified_robust(cert, eps), g_ok, c_rob),
+                         "rob_acc_certified": certified_part, "core_acc": c_ok, "core_rob_acc": c_rob})
+
+
 def compose_certified(cert_df: pd.DataFrame, core_df: pd.DataFrame, selection: Selection) -> dict[str, Any]:
     """(12) with the certified selector S_CRI (11): H(x) = G(x) where S_CRI(x) = 1, else F_core(x).
 
@@ -421,27 +436,14 @@ def compose_certified(cert_df: pd.DataFrame, core_df: pd.DataFrame, selection: S
             lower bound that holds whatever the attack.
     Keys also: ``selected``, ``rob_sel``, ``core_nat_acc``, ``core_rob_acc``, ``d_nat_acc``,
     ``d_rob_acc``, ``n``."""
-    cert = by_index(check(cert_df, CERTIFIED_COLUMNS, "certified records"), "certified records")
-    core = by_index(check(core_df, EMPIRICAL_COLUMNS, "core records"), "core records").set_index("index")
-    idx = cert["index"].to_numpy()
-    missing = sorted(set(idx.tolist()) - set(core.index.tolist()))
-    if missing:
-        raise DataError(f"core records lack certified test points, e.g. {missing[:5]}")
-    core = core.loc[idx].reset_index()
-    sel = selection.aligned_to(idx)
-    y = cert["label"].to_numpy()
-    g_ok = cert["cert_pred"].to_numpy() == y
-    c_ok = accurate(core)
-    c_rob = c_ok & robust(core, 1)
-    eps = float(selection.params["eps"])
-    nat = np.where(sel.selected, g_ok, c_ok)
-    certified_part = certified_robust(cert, 2 * eps) & g_ok
-    sound = nat & (certified_part | (certified_robust(cert, eps) & g_ok & c_rob))
-    rule = np.where(certified_robust(cert, eps), g_ok, c_rob)
-    out = {"nat_acc": nat.mean(), "rob_acc": sound.mean(), "rob_acc_rule": rule.mean(),
-           "rob_acc_certified": certified_part.mean(),
-           "selected": sel.selected.mean(), "rob_sel": sel.robustly_selected.mean(),
-           "core_nat_acc": c_ok.mean(), "core_rob_acc": c_rob.mean(), "n": int(len(idx))}
+    pts = certified_composition_outcome(cert_df, core_df, selection)
+    out: dict[str, Any] = {"nat_acc": pts["h_correct"].mean(), "rob_acc": pts["rob_acc"].mean(),
+                           "rob_acc_rule": pts["rob_acc_rule"].mean(),
+                           "rob_acc_certified": pts["rob_acc_certified"].mean(),
+                           "selected": selection.selection_rate, "rob_sel": selection.robust_selection,
+                           "core_nat_acc": pts["core_acc"].mean(), "core_rob_acc": pts["core_rob_acc"].mean()}
+    out = {k: float(v) for k, v in out.items()}
+    out["n"] = int(len(pts))
     out["d_nat_acc"] = out["nat_acc"] - out["core_nat_acc"]
     out["d_rob_acc"] = out["rob_acc"] - out["core_rob_acc"]
-    return {k: (float(v) if k != "n" else v) for k, v in out.items()}
+    return out

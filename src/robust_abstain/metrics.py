@@ -57,15 +57,20 @@ def robust_inaccuracy(df: pd.DataFrame, eps_scale: int = 1) -> float:
     return _mean(~accurate(df) & robust(df, _scale(eps_scale)))
 
 
+def split_masks(df: pd.DataFrame, eps_scale: int = 1) -> dict[str, np.ndarray]:
+    """The four splits of Tables 7/8 at B_{eps_scale * eps} as per-point masks (in ``df``'s row
+    order; they partition the points). Keys as :func:`splits`."""
+    check(df, EMPIRICAL_COLUMNS, "empirical records")
+    a, r = accurate(df), robust(df, _scale(eps_scale))
+    return {"rob_acc": a & r, "rob_inacc": ~a & r, "nonrob_acc": a & ~r, "nonrob_inacc": ~a & ~r}
+
+
 def splits(df: pd.DataFrame, eps_scale: int = 1) -> dict[str, float]:
     """The four splits of Tables 7/8 at B_{eps_scale * eps}; they sum to 1.
 
     Keys: ``rob_acc`` (robust & accurate), ``rob_inacc`` (robust & inaccurate),
     ``nonrob_acc`` (non-robust & accurate), ``nonrob_inacc`` (non-robust & inaccurate)."""
-    check(df, EMPIRICAL_COLUMNS, "empirical records")
-    a, r = accurate(df), robust(df, _scale(eps_scale))
-    return {"rob_acc": _mean(a & r), "rob_inacc": _mean(~a & r),
-            "nonrob_acc": _mean(a & ~r), "nonrob_inacc": _mean(~a & ~r)}
+    return {k: _mean(m) for k, m in split_masks(df, eps_scale).items()}
 
 
 def summary(df: pd.DataFrame, eps_scale: int = 1) -> dict[str, float]:
@@ -85,17 +90,23 @@ def certified_natural_accuracy(df: pd.DataFrame) -> float:
     return _mean((df["smooth_pred"] == df["label"]).to_numpy())
 
 
+def certified_masks(df: pd.DataFrame, radius: float) -> dict[str, np.ndarray]:
+    """Per-point certified outcomes at L2 radius r (``df``'s row order): ``rob_acc`` (cert_pred =
+    y and cert_radius >= r) and ``rob_inacc`` (cert_pred not ABSTAIN, != y, cert_radius >= r)."""
+    check(df, CERTIFIED_COLUMNS, "certified records")
+    c = certified_robust(df, radius)
+    wrong = ((df["cert_pred"] != df["label"]) & (df["cert_pred"] != ABSTAIN)).to_numpy()
+    return {"rob_acc": c & (df["cert_pred"] == df["label"]).to_numpy(), "rob_inacc": c & wrong}
+
+
 def certified_robust_accuracy(df: pd.DataFrame, radius: float) -> float:
     """Certified R_rob^acc at L2 radius r: cert_pred = y and cert_radius >= r."""
-    check(df, CERTIFIED_COLUMNS, "certified records")
-    return _mean(certified_robust(df, radius) & (df["cert_pred"] == df["label"]).to_numpy())
+    return _mean(certified_masks(df, radius)["rob_acc"])
 
 
 def certified_robust_inaccuracy(df: pd.DataFrame, radius: float) -> float:
     """Certified R_rob^-acc at L2 radius r: cert_pred not ABSTAIN, != y, and cert_radius >= r."""
-    check(df, CERTIFIED_COLUMNS, "certified records")
-    wrong = ((df["cert_pred"] != df["label"]) & (df["cert_pred"] != ABSTAIN)).to_numpy()
-    return _mean(certified_robust(df, radius) & wrong)
+    return _mean(certified_masks(df, radius)["rob_inacc"])
 
 
 def certified_summary(df: pd.DataFrame, radius: float) -> dict[str, float]:

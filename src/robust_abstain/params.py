@@ -77,3 +77,10 @@ def enum(value: Any, key: str, cls: Type[E]) -> E:
         return cls(value)
     except ValueError:
         raise ParamError(f"{key} must be one of {[m.value for m in cls]}, got {value!r}") from None
+
+
+def scales(value: Any, key: str) -> tuple[int, ...]:
+    """Radius scales (1: eps, 2: 2 eps) of an attack, e.g. ``evaluate.sr_scales``; may be empty."""
+    if not isinstance(value, list) or any(v not in (1, 2) for v in value):
+        raise ParamError(f"{key} must be a list of scales from [1, 2] (empty: no APGD-conf), got {value!r}")
+    return tuple(value)

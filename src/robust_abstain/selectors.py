@@ -133,8 +133,6 @@ def softmax_response(df: pd.DataFrame, tau: float) -> Selection:
                            after one is not a minimum). For tau > 1/2 the last condition is implied;
                            below 1/2 it makes S_SR's robust selection a subset of S_ERI's: the
                            attacks cannot show more."""
-    if not (0.0 <= float(tau) <= 1.0):
-        raise ParamError(f"softmax-response threshold tau must be in [0, 1], got {tau!r}")
     return _sr_select(_sr_evidence(df), float(tau))
 
 

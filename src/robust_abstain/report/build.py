@@ -34,11 +34,11 @@ import pandas as pd
 
 from .. import metrics as M
 from ..choose import matched_tau, sr_tau
-from ..compose import (Candidate, best_cascade, best_composition, cascade_points, compose_certified,
-                       composition_outcome)
+from ..compose import (Candidate, best_cascade, best_composition, cascade_points,
+                       certified_composition_outcome, composition_outcome)
 from ..errors import DataError, ParamError
 from ..io import save_figure, save_text
-from ..records import CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, certified_robust, check, robust
+from ..records import CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, check
 from ..selectors import (TAU_GRID, SelectorSpec, abstain_metrics_many, certified_abstain_metrics, cri,
                          eri, has_softmax_response, softmax_response, softmax_response_sweep)
 from ..stats import paired_diff_ci, rate_ci
@@ -94,12 +94,9 @@ def _with_diff(row: dict[str, Any], key: str, a: np.ndarray, b: np.ndarray, seed
 def _masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Per-point outcomes (1)/(2) of one model's empirical records, sorted by index."""
     d = M.by_index(df)
-    acc = accurate(d)
-    out = {"nat_acc": acc}
+    out = {"nat_acc": accurate(d)}
     for s in (1, 2):
-        rob = robust(d, s)
-        out.update({f"rob_acc_{s}x": acc & rob, f"rob_inacc_{s}x": ~acc & rob,
-                    f"nonrob_acc_{s}x": acc & ~rob, f"nonrob_inacc_{s}x": ~acc & ~rob})
+        out.update({f"{k}_{s}x": v for k, v in M.split_masks(d, s).items()})
     return out
 
 
@@ -392,12 +389,9 @@ def _compositions(models: list[ModelInfo], core: ModelInfo, headline: ModelInfo 
 # ---------------------------------------------------------------------------------- certified
 def _cert_masks(df: pd.DataFrame, r1: float, r2: float) -> dict[str, np.ndarray]:
     d = M.by_index(df)
-    y, cp = d["label"].to_numpy(), d["cert_pred"].to_numpy()
-    ok, wrong = cp == y, (cp != y) & (cp != -1)
     out = {"nat_acc": (d["smooth_pred"] == d["label"]).to_numpy()}
     for tag, r in (("r1", r1), ("r2", r2)):
-        c = certified_robust(d, r)
-        out[f"rob_acc_{tag}"], out[f"rob_inacc_{tag}"] = c & ok, c & wrong
+        out.update({f"{k}_{tag}": v for k, v in M.certified_masks(d, r).items()})
     return out
 
 
@@ -444,18 +438,20 @@ def _certified(certified: list[ModelInfo], certified_core: pd.DataFrame | None, 
     if certified_core is not None:
         comp = []
         for m in certified:
-            c = compose_certified(m.records, certified_core, cri(m.records, r1, "sound"))
-            pts = _certified_composition_points(m.records, certified_core, r1)
-            row = {"name": f"{m.name}+CRI", **{k: c[k] for k in ("rob_acc_rule", "rob_acc_certified",
-                                                                  "rob_sel")}}
-            _with_ci(row, "nat_acc", pts["nat"])
-            _with_ci(row, "rob_acc", pts["sound"])
-            _with_diff(row, "d_nat_acc", pts["nat"], pts["core_acc"], seed)
-            _with_diff(row, "d_rob_acc", pts["sound"], pts["core_rob"], seed)
+            sel = cri(m.records, r1, "sound")
+            pts = {k: v.to_numpy() for k, v in
+                   certified_composition_outcome(m.records, certified_core, sel).items()}
+            row = {"name": f"{m.name}+CRI", "rob_acc_rule": float(pts["rob_acc_rule"].mean()),
+                   "rob_acc_certified": float(pts["rob_acc_certified"].mean()),
+                   "rob_sel": sel.robust_selection}
+            _with_ci(row, "nat_acc", pts["h_correct"])
+            _with_ci(row, "rob_acc", pts["rob_acc"])
+            _with_diff(row, "d_nat_acc", pts["h_correct"], pts["core_acc"], seed)
+            _with_diff(row, "d_rob_acc", pts["rob_acc"], pts["core_rob_acc"], seed)
             comp.append(row)
             metrics.update(_headline_keys(f"certified/{m.name}/composition", row,
                                           ("nat_acc", "rob_acc", "d_nat_acc", "d_rob_acc")))
-        c0 = compose_certified(certified[0].records, certified_core, cri(certified[0].records, r1, "sound"))
+        c0 = {"core_nat_acc": float(pts["core_acc"].mean()), "core_rob_acc": float(pts["core_rob_acc"].mean())}
         text += ("\n\n## Compositions with the core model (12), certified selector S_CRI at ε = "
                  f"{r1:g}\n\nCore model (L2 APGD at ε): natural {100 * c0['core_nat_acc']:.1f} %, "
                  f"robust {100 * c0['core_rob_acc']:.1f} %. R_rob^acc (sound): robustly selected "
@@ -467,21 +463,6 @@ def _certified(certified: list[ModelInfo], certified_core: pd.DataFrame | None, 
     save_text(text, out / "certified.md")
     save_figure(figures.certified_curves(curves, (r1, r2)), out / "figures" / "certified_accuracy.png")
     return metrics
-
-
-def _certified_composition_points(cert_df: pd.DataFrame, core_df: pd.DataFrame,
-                                  eps: float) -> dict[str, np.ndarray]:
-    """Per-point sound outcome of :func:`compose.compose_certified` (same formula)."""
-    cert = M.by_index(cert_df)
-    core = M.by_index(core_df).set_index("index").loc[cert["index"].to_numpy()].reset_index()
-    y = cert["label"].to_numpy()
-    g_ok = cert["cert_pred"].to_numpy() == y
-    c_ok = accurate(core)
-    c_rob = c_ok & robust(core, 1)
-    sel = certified_robust(cert, eps)
-    nat = np.where(sel, g_ok, c_ok)
-    sound = nat & ((certified_robust(cert, 2 * eps) & g_ok) | (sel & g_ok & c_rob))
-    return {"nat": nat, "sound": sound, "core_acc": c_ok, "core_rob": c_rob}
 
 
 # ---------------------------------------------------------------------------------- the report
