@@ -8,10 +8,11 @@ import pandas as pd
 
 from robust_abstain import stage
 from robust_abstain.errors import DataError, ParamError
-from robust_abstain.io import save_json
+from robust_abstain.io import save_json, save_text
 from robust_abstain.choose import tau_grid
 from robust_abstain.params import count, non_negative, positive, probability
 from robust_abstain.report import ModelInfo, build_report
+from robust_abstain.report.claims import claims_markdown
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -57,6 +58,8 @@ def main() -> None:
     metrics.update({f"synthetic/{split}/{m}/{k}": round(v, 4) for split, per_model in synthetic.items()
                     for m, d in per_model.items() for k, v in d.items()})
     save_json(metrics, Path(args.out) / "metrics.json")
+    warn = probability(rp.get("warn_nat_drop"), "report.warn_nat_drop")
+    save_text(claims_markdown(metrics, models, warn), Path(args.out) / "claims.md")
     for k in ("core/nat_acc", "core/rob_acc", "headline/rob_acc", "headline/rob_inacc",
               "best_composition/nat_acc", "best_composition/rob_acc"):
         print(f"{k}: {metrics.get(k)}")

@@ -33,27 +33,29 @@ def fake_fashion_mnist(root: Path, n_train: int = 600, n_test: int = 100, seed: 
     return root
 
 
-def micro_params(data_root: Path) -> dict:
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+def micro_params(data_root: Path, source: str = "params.yaml") -> dict:
+    """``source`` (a Fashion-MNIST profile of the project: params.yaml, params-full.yaml) shrunk to
+    seconds: tiny data, budgets and evaluations, one sweep entry per track."""
+    p = yaml.safe_load((ROOT / source).read_text())
     p["data"]["fashion_mnist"].update(root=str(data_root), download_root=None, n_val=60, n_test=40)
     p["synthetic"].update(data={"n": 120, "n_test": 60, "std": 0.15, "val_fraction": 0.2}, pgd_steps=2,
                           train={"epochs": 2, "lr": 0.01, "batch_size": 64, "select": "last", "seed": 0},
                           finetune={"epochs": 1, "lr": 0.001, "batch_size": 64, "select": "last", "seed": 0})
-    p["core"]["train"].update(epochs=1, n_train=300)
+    p["core"]["train"].update(steps=3, n_train=300)
     p["core"]["width"] = 8
-    p["base"]["train"].update(epochs=1, n_train=200)
+    p["base"]["train"].update(steps=2, n_train=200)
     p["base"]["loss"]["pgd_steps"] = 2
     p["base"]["width"] = 8
     p["finetune"]["loss"]["pgd_steps"] = 2
-    p["finetune"]["train"].update(epochs=1, n_train=100, n_val=40)
+    p["finetune"]["train"].update(steps=2, n_train=100, n_val=40)
     p["sweep"] = {"era-1": {"name": "era", "beta": 1.0}}  # one entry each: every stage kind, fewer runs
     for sec in ("evaluate", "evaluate_l2"):
         p[sec].update(steps=3, n_points=40, n_val_points=30)
     p["evaluate"]["adaptive_push_steps"] = 2
-    p["noise_base"]["train"].update(epochs=1, n_train=200)
+    p["noise_base"]["train"].update(steps=2, n_train=200)
     p["noise_base"]["width"] = 8
     p["cert_finetune"]["loss"]["k"] = 2
-    p["cert_finetune"]["train"].update(epochs=1, n_train=40, n_val=20)
+    p["cert_finetune"]["train"].update(steps=1, n_train=40, n_val=20)
     p["cert_sweep"] = {"cra-4": {"name": "cra", "beta": 4.0}}
     p["certify"].update(n0=10, n=40, n_points=12, batch_size=100)
     p["report"]["taus"] = 5

@@ -62,3 +62,30 @@ def test_zoo_source_becomes_a_pipeline_checkpoint(tmp_path, no_network):
     assert spec.arch == f"zoo:{dataset}/{threat}/{name}" and meta["source"] == "robustbench"
     with torch.no_grad():
         assert torch.allclose(model(x), ref(x), atol=1e-5)
+
+
+def test_full_profile_matches_the_default_schema():
+    """params-full.yaml: the default's sections and keys (one dvc.yaml serves both), at full budget."""
+    full = yaml.safe_load((ROOT / "params-full.yaml").read_text())
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(full) == set(default)
+    for sec in ("core", "base", "noise_base", "finetune", "cert_finetune"):
+        TrainConfig.from_params(full[sec]["train"], f"{sec}.train")
+    assert full["data"]["fashion_mnist"]["n_test"] is None and full["evaluate"]["n_points"] == 10000
+    assert full["finetune"]["train"]["epochs"] == 50 and "steps" not in full["finetune"]["train"]
+    assert (full["certify"]["n"], full["certify"]["n_points"]) == (100000, 500)
+    assert full["synthetic"] == default["synthetic"] | {"finetune": full["synthetic"]["finetune"]}
+
+
+@pytest.mark.slow
+def test_full_profile_runs_end_to_end_on_a_micro_budget(tmp_path):
+    """The full profile's whole DAG, shrunk to seconds (tests/micro.py), on CPU: every report."""
+    from micro import fake_fashion_mnist, make_project, micro_params
+    from test_pipeline import sh
+    proj = make_project(tmp_path / "proj", micro_params(fake_fashion_mnist(tmp_path / "fmnist"),
+                                                        "params-full.yaml"))
+    sh("git init -q && dvc init -q && dvc config core.analytics false && git add -A && git commit -qm init", proj)
+    sh("dvc repro", proj)
+    for f in ("summary.md", "compositions.md", "certified.md", "claims.md", "metrics.json"):
+        assert (proj / "reports" / f).is_file(), f
+    assert sh("dvc status", proj).stdout.strip().endswith("up to date.")

@@ -47,7 +47,7 @@ def test_dvc_repro(project):
             "certify@cra-4-0", "certify_merge@cra-4", "adaptive_headline@0", "synthetic"} <= stages
     reports = project / "reports"
     for f in ("summary.md", "splits.md", "abstain.md", "compositions.md", "adaptive.md", "certified.md",
-              "metrics.json", "figures/fig1_synthetic.png", "figures/rob_acc_vs_rob_inacc.png",
+              "metrics.json", "claims.md", "figures/fig1_synthetic.png", "figures/rob_acc_vs_rob_inacc.png",
               "figures/selection_pareto.png", "figures/compositions.png", "figures/certified_accuracy.png"):
         assert (reports / f).is_file(), f
     metrics = json.loads((reports / "metrics.json").read_text())

@@ -32,9 +32,9 @@ def resume_params(data_root: Path) -> dict:
     (so the compared weights are those that epoch 2 made)."""
     p = micro_params(data_root)
     p["base"]["width"] = 4
-    p["base"]["train"].update(epochs=2, n_train=64, n_val=16, batch_size=16, select="last")
-    p["finetune"]["train"].update(epochs=2, n_train=48, n_val=16, batch_size=12, select="last")
-    p["cert_finetune"]["train"].update(epochs=2, n_train=24, n_val=12, batch_size=6, select="last")
+    p["base"]["train"].update(epochs=2, steps=None, n_train=64, n_val=16, batch_size=16, select="last")
+    p["finetune"]["train"].update(epochs=2, steps=None, n_train=48, n_val=16, batch_size=12, select="last")
+    p["cert_finetune"]["train"].update(epochs=2, steps=None, n_train=24, n_val=12, batch_size=6, select="last")
     return p
 
 

@@ -69,7 +69,7 @@ def test_resume_after_kill_gives_the_same_model(tiny_data, tmp_path):
                                         tmp_path)
     # the kill happened before epoch 2's state was saved: resume starts after epoch 1
     assert left["epoch"] == 1
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]  # 0: the initial model
 
 
 def _dropout_fit(tiny_data, tmp_path, log=None, state="s.pt"):
@@ -106,7 +106,7 @@ def test_a_state_made_with_other_data_is_removed_not_resumed(tiny_data, tmp_path
     capsys.readouterr()
     other, hist = _fit(tiny_data, tmp_path, state="run.pt")
     assert "removing" in capsys.readouterr().out
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]  # 0: the initial model
     assert_equal_weights(ref, other)
 
 
@@ -116,13 +116,13 @@ def test_a_state_made_by_other_code_is_removed_not_resumed(tiny_data, tmp_path, 
     monkeypatch.setattr(train_mod, "source_fingerprint", lambda: "edited losses.py")
     capsys.readouterr()
     _, hist = _fit(tiny_data, tmp_path, state="run.pt")
-    assert "removing" in capsys.readouterr().out and len(hist) == 3
+    assert "removing" in capsys.readouterr().out and len(hist) == 4
 
 
 def test_an_unreadable_state_is_removed_not_an_error(tiny_data, tmp_path, capsys):
     (tmp_path / "s.pt").write_bytes(b"torn or from another torch")
     _, hist = _fit(tiny_data, tmp_path, epochs=1)
-    assert "removing" in capsys.readouterr().out and len(hist) == 1
+    assert "removing" in capsys.readouterr().out and len(hist) == 2
 
 
 def test_sources_digest_sees_every_source_file(tmp_path):
@@ -206,7 +206,7 @@ def _cpu_fp16_autocast() -> bool:
 def test_amp_bf16_is_close_to_fp32(tiny_data, tmp_path):
     ref, _ = _amp_fit(tiny_data, tmp_path, "none", state="fp32.pt")
     low, hist = _amp_fit(tiny_data, tmp_path, "bf16", state="bf16.pt")
-    assert all(math.isfinite(h["train_loss"]) for h in hist)
+    assert all(math.isfinite(h["train_loss"]) for h in hist[1:])
     diffs = [(a - b).abs().max().item() for a, b in zip(ref.state_dict().values(), low.state_dict().values())]
     assert max(diffs) < 0.1  # close, not necessarily equal
     assert all(v.dtype == torch.float32 for v in low.state_dict().values())  # weights stay fp32
@@ -217,7 +217,7 @@ def test_amp_fp16_with_scaler_resumes_exactly(tiny_data, tmp_path):
         pytest.skip("this torch build has no CPU fp16 autocast / GradScaler")
     hist, left = assert_resume_is_exact(lambda log, state: _amp_fit(tiny_data, tmp_path, "fp16", epochs=3,
                                                                     log=log, state=state), tmp_path)
-    assert len(hist) == 3 and all(math.isfinite(h["train_loss"]) for h in hist)
+    assert len(hist) == 4 and all(math.isfinite(h["train_loss"]) for h in hist[1:])
     assert "scaler" in left
 
 
@@ -279,3 +279,64 @@ def test_equal_states_save_to_equal_bytes(tmp_path):
     save_checkpoint(state, tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert load_checkpoint(tmp_path / "a.pt")["meta"] == {"epoch": 1}
+
+
+def test_a_budget_in_steps_follows_the_data():
+    """``steps`` fixes the optimiser steps whatever the training set's size: 240 points in batches
+    of 64 are 4 batches an epoch, so 10 steps are two whole epochs and a third cut to 2 batches."""
+    from robust_abstain.train import budget
+    plan = budget(TrainConfig(epochs=50, steps=10, batch_size=64), 240)
+    assert (plan.epochs, plan.last_batches) == (3, 2)
+    assert budget(TrainConfig(epochs=50, steps=8, batch_size=64), 240).last_batches is None
+    assert budget(TrainConfig(epochs=5, batch_size=64), 240).epochs == 5  # no steps: epochs rule
+
+
+def test_a_steps_budget_runs_exactly_those_steps(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    model = SPEC.build()
+    seen = []
+    counting = LossConfig("ce")
+    real = train_mod.train_step
+
+    def step(*a, **k):
+        seen.append(1)
+        return real(*a, **k)
+
+    cfg = TrainConfig(steps=6, lr=1e-2, batch_size=64, select="last")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "train_step", step)
+        _, hist = fit(model, counting, tiny_data.split("train"), tiny_data.split("val"), cfg, tmp_path / "s.pt")
+    n_batches = -(-len(tiny_data.y_train) // 64)
+    assert len(seen) == 6 and len(hist) == 1 + -(-6 // n_batches)
+
+
+def test_selection_falls_back_to_the_initial_model(tiny_data, tmp_path, capsys):
+    """A fine-tune that only makes the validation criterion worse (here: a huge lr wrecks the
+    model) keeps the initial weights, and says so."""
+    torch.manual_seed(0)
+    init, _ = _fit(tiny_data, tmp_path, epochs=3)
+    start = {k: v.clone() for k, v in init.state_dict().items()}
+    cfg = TrainConfig(epochs=2, lr=50.0, batch_size=64, select="val_nat_acc", max_nat_drop=0.0)
+    capsys.readouterr()
+    model, hist = fit(init, LossConfig("ce"), tiny_data.split("train"), tiny_data.split("val"), cfg,
+                      tmp_path / "ft.pt", fine_tune=True)
+    assert hist[0]["epoch"] == 0 and hist[0]["selected"] == 1.0
+    assert all(h["val_nat_acc"] < hist[0]["val_nat_acc"] for h in hist[1:])
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert "keeping the initial weights" in capsys.readouterr().out
+
+
+def test_the_accuracy_guard_refuses_a_better_scoring_collapse(tiny_data, tmp_path):
+    """With ``select="last"`` every epoch outranks the initial model, but the guard
+    (``max_nat_drop``) refuses epochs that lose accuracy against it."""
+    torch.manual_seed(0)
+    init, _ = _fit(tiny_data, tmp_path, epochs=3)
+    cfg = TrainConfig(epochs=2, lr=50.0, batch_size=64, select="last", max_nat_drop=0.0)
+    _, hist = fit(init, LossConfig("ce"), tiny_data.split("train"), tiny_data.split("val"), cfg,
+                  tmp_path / "ft.pt", fine_tune=True)
+    assert [h["selected"] for h in hist] == [1.0, 0.0, 0.0]
+    # from scratch the random start is validated (epoch 0) but never selected, guard or not
+    torch.manual_seed(0)
+    _, hist = fit(SPEC.build(), LossConfig("ce"), tiny_data.split("train"), tiny_data.split("val"), cfg,
+                  tmp_path / "scratch.pt")
+    assert hist[0]["epoch"] == 0 and hist[0]["selected"] == 0.0 and hist[-1]["selected"] == 1.0

@@ -12,9 +12,13 @@ Robustness without Accuracy Loss". Each lives in one place:
 
 import os as _os
 
-# OpenMP threads that spin while waiting make small ops ~100x slower whenever another process
-# shares the cores (measured on a 2-core machine). Must be set before torch is imported.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that spin while waiting (ACTIVE) make a training step of the default's small CNNs
+# 1.5-2x faster on 2 threads than sleeping ones (PASSIVE: TRADES step 86-123 ms vs 51-59 ms, ERA
+# 168-246 vs 101-126 ms, measured side by side), and a stage has the cores to itself under `dvc
+# repro`. Spinning makes small ops ~100x slower when another busy process shares the cores, so set
+# OMP_WAIT_POLICY=PASSIVE then (the tests do; stages sharing cores through repro_parallel run one
+# thread each, which never spins). Scheduling only: the numbers are the same. Read when torch loads.
+_os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 # The same numbers on every x86 CPU: ATen and oneDNN pick kernels by instruction set, and an AVX-512
 # run differs from an AVX2 run (bench/bench_isa.py: 24 of 500 APGD verdicts moved after 10 training

@@ -44,6 +44,9 @@ def train_synthetic_models(data: Prepared, eps: float, train: dict, finetune: di
 
 
 def robustness(model, x, y, eps, seed=0) -> dict:
+    """Per-point robustness (40-step APGD-CE against the model's own prediction, Linf ``eps``) and
+    accuracy, with their rates: nat_acc, rob_acc (robust and accurate) and rob_inacc (robust and
+    inaccurate); rob_acc + rob_inacc + the non-robust rate = 1."""
     pred, _ = natural(model, x)
     adv, _ = worst_case_predictions(model, x, pred, eps, norm="linf", steps=40, restarts=1,
                                     objective="ce", seed=seed, batch_size=1000, progress=False)
@@ -52,34 +55,45 @@ def robustness(model, x, y, eps, seed=0) -> dict:
             "rob_inacc": (robust & ~acc).float().mean().item(), "robust": robust.numpy(), "acc": acc.numpy()}
 
 
+def _draw_points(ax, x: np.ndarray, y: np.ndarray, m: dict, colors: np.ndarray) -> None:
+    """Robust-accurate points as dots in their class colour, non-robust ones as rings in their
+    class colour, robust-inaccurate ones as red crosses."""
+    ra, ri, nr = m["robust"] & m["acc"], m["robust"] & ~m["acc"], ~m["robust"]
+    ax.scatter(x[ra, 0], x[ra, 1], c=colors[y[ra]], s=5, label="robust & accurate")
+    ax.scatter(x[nr, 0], x[nr, 1], facecolors="none", edgecolors=colors[y[nr]], s=14, linewidths=0.8,
+               label="non-robust")
+    ax.scatter(x[ri, 0], x[ri, 1], c="red", marker="x", s=22, linewidths=1.0, label="robust & inaccurate")
+
+
 def plot_figure1(models: dict, splits: dict[str, tuple[torch.Tensor, torch.Tensor]], eps: float, seed: int = 0):
     """Decision regions of each model (columns) with the points of each split (rows), marking
-    robust-accurate, non-robust and robust-inaccurate points. Returns (figure, metrics[split][model])."""
-    grid = torch.linspace(0, 1, 300)
+    robust-accurate, non-robust and robust-inaccurate points (colours: true class). Returns
+    (figure, metrics[split][model] with nat_acc, rob_acc, rob_inacc)."""
+    side = 300
+    grid = torch.linspace(0, 1, side)
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
     pts = torch.stack([gx.flatten(), gy.flatten()], 1)
-    colors = np.array(["#4c72b0", "#dd8452", "#55a868"])
-    regions = {name: natural(model, pts)[0].view(300, 300).numpy() for name, model in models.items()}
-    fig, axes = plt.subplots(len(splits), len(models), figsize=(4.0 * len(models), 4.2 * len(splits)),
+    colors = np.array(["#4c72b0", "#dd8452", "#2ca02c"])
+    cmap = matplotlib.colors.ListedColormap(colors)
+    regions = {name: natural(model, pts)[0].view(side, side).numpy() for name, model in models.items()}
+    fig, axes = plt.subplots(len(splits), len(models), figsize=(4.4 * len(models), 4.8 * len(splits)),
                              squeeze=False)
     out: dict = {}
     for row, (split, (x, y)) in enumerate(splits.items()):
         out[split] = {}
         for ax, (name, model) in zip(axes[row], models.items()):
-            ax.imshow(regions[name], origin="lower", extent=(0, 1, 0, 1), alpha=0.25,
-                      cmap=matplotlib.colors.ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
+            ax.imshow(regions[name], origin="lower", extent=(0, 1, 0, 1), alpha=0.22, cmap=cmap,
+                      vmin=0, vmax=len(colors) - 1, interpolation="nearest")
             m = robustness(model, x, y, eps, seed)
             out[split][name] = {k: v for k, v in m.items() if k not in ("robust", "acc")}
-            xs, ys = x.numpy(), y.numpy()
-            ra, ri = m["robust"] & m["acc"], m["robust"] & ~m["acc"]
-            ax.scatter(xs[ra, 0], xs[ra, 1], c=colors[ys[ra]], s=5, label="robust & accurate")
-            ax.scatter(xs[~m["robust"], 0], xs[~m["robust"], 1], facecolors="none", edgecolors="grey", s=9,
-                       linewidths=0.5, label="non-robust")
-            ax.scatter(xs[ri, 0], xs[ri, 1], c="red", marker="x", s=22, label="robust & inaccurate")
-            ax.set_title(f"{name}, {split} points\nR_nat {100 * m['nat_acc']:.1f}%  R_rob^acc "
-                         f"{100 * m['rob_acc']:.1f}%  R_rob^-acc {100 * m['rob_inacc']:.1f}%", fontsize=9)
+            _draw_points(ax, x.numpy(), y.numpy(), m, colors)
+            ax.set_title(f"{name}, {split} points (n = {len(y)})\nnat acc {100 * m['nat_acc']:.1f} %   "
+                         f"rob acc {100 * m['rob_acc']:.1f} %   rob inacc {100 * m['rob_inacc']:.1f} %",
+                         fontsize=9)
             ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_aspect("equal")
-    axes[0][0].legend(loc="lower left", fontsize=7, framealpha=0.8)
-    fig.suptitle(f"Figure 1: decision regions on 3 Gaussians, Linf eps = {eps} (APGD-40); "
-                 f"ERA fine-tuned from TRADES", fontsize=11)
+    legend = axes[0][0].legend(loc="lower right", fontsize=7, framealpha=0.8)
+    legend.legend_handles[0].set_color("dimgrey"), legend.legend_handles[1].set_edgecolor("dimgrey")
+    fig.suptitle(f"Figure 1: decision regions on 3 Gaussians (classes 0 blue, 1 orange, 2 green), Linf eps = "
+                 f"{eps}, APGD-40; ERA fine-tuned from TRADES", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig, out

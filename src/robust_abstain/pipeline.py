@@ -59,7 +59,7 @@ def train_model(p: dict, data: Prepared, out: str | Path, state_dir: str | Path,
         model = spec.build()
     state = Path(state_dir) / (Path(out).stem + ".state.pt")
     model, history = fit(model, loss_cfg, data.split("train"), data.split("val"), train_cfg, state,
-                         log=log, desc=Path(out).stem)
+                         log=log, desc=Path(out).stem, fine_tune=init is not None)
     save_model(model, spec, out, meta={"loss": loss_p, "train": p.get("train"), "history": history})
     state.unlink(missing_ok=True)
     return history

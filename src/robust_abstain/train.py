@@ -65,7 +65,8 @@ AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1
+    epochs: int = 1                # the budget in passes over the training subset, unless ``steps``
+    steps: int | None = None       # the budget in optimiser steps (overrides epochs; follows the data)
     lr: float = 1e-3
     lr_decay_at: float = 0.75      # fraction of epochs after which lr *= lr_decay (paper: 75 %)
     lr_decay: float = 0.1
@@ -76,6 +77,8 @@ class TrainConfig:
     n_train: int | None = None     # seeded subset of the training split (None: all)
     n_val: int | None = None       # seeded subset of the validation split
     select: str = "val_loss"
+    max_nat_drop: float | None = None  # epochs losing more validation accuracy than this against
+                                       # the initial model are never selected (fine-tuning guard)
     seed: int = 0
     augment: str | None = None     # None | "autoaugment" (the paper's CIFAR fine-tuning policy) | ...
     device: str = "auto"           # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
@@ -90,6 +93,10 @@ class TrainConfig:
             raise ParamError(f"{prefix}: unknown keys {unknown}; known: {sorted(known)}")
         cfg = cls(**p)
         count(cfg.epochs, f"{prefix}.epochs")
+        if cfg.steps is not None:
+            count(cfg.steps, f"{prefix}.steps")
+        if cfg.max_nat_drop is not None:
+            number(cfg.max_nat_drop, f"{prefix}.max_nat_drop", min=0, max=1)
         positive(cfg.lr, f"{prefix}.lr")
         number(cfg.lr_decay_at, f"{prefix}.lr_decay_at", min=0, max=1)
         positive(cfg.lr_decay, f"{prefix}.lr_decay")
@@ -338,8 +345,10 @@ def validate(model: nn.Module, ds: TensorDataset, loss_cfg: LossConfig, seed: in
     return out
 
 
-def _score(metrics: dict[str, float], select: str) -> float:
-    """Higher is better."""
+def _score(metrics: dict[str, float], select: str, epoch: int) -> float:
+    """Higher is better; ``select="last"`` ranks by ``epoch`` (0-based; -1: the initial model)."""
+    if select == "last":
+        return epoch
     if select == "val_loss":
         return -metrics["val_loss"]
     if select not in metrics:
@@ -404,12 +413,13 @@ def _resume(state_path: Path, key: str, model: nn.Module, opt: torch.optim.Optim
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, loss_cfg: LossConfig,
                  train: TensorDataset, cfg: TrainConfig, epoch: int, device: torch.device,
                  amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, desc: str,
-                 state_path: Path) -> dict[str, float]:
+                 state_path: Path, max_batches: int | None = None) -> dict[str, float]:
     """Epoch ``epoch`` (0-based) of :func:`fit`; returns the mean of each training stat.
 
     Its randomness depends only on (seed, epoch, batch): the data order comes from a CPU generator
     seeded from (seed, epoch); the loss draws from that generator, after the permutation, on CPU,
-    and from one with the same seed on another ``device``; the global RNGs are seeded per batch."""
+    and from one with the same seed on another ``device``; the global RNGs are seeded per batch.
+    ``max_batches`` keeps the epoch's first batches only (same order and draws as a whole epoch)."""
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, epoch)
     x, y = train.tensors
@@ -419,6 +429,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, 
     model.train()
     kill_at = _kill_point()
     sums: dict[str, float] = {}
+    if max_batches is not None:  # the last epoch of a budget in steps: its first batches only
+        perm = perm[:max_batches * cfg.batch_size]
     batches = EpochBatches(x, y, perm, cfg.batch_size, cfg.augment, cfg.seed, epoch)
     bar = tqdm(enumerate(iterate_batches(batches, cfg.workers, device)), total=len(batches),
                desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
@@ -441,7 +453,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, 
 
 def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: TensorDataset,
         cfg: TrainConfig, state_path: str | Path, log: Callable[[int, dict], None] | None = None,
-        desc: str = "train") -> tuple[nn.Module, list[dict]]:
+        desc: str = "train", fine_tune: bool = False) -> tuple[nn.Module, list[dict]]:
     """Train ``model`` with ``loss_cfg`` and return (the selected model, per-epoch history).
 
     ``state_path`` holds the resumable state (weights, optimiser, fp16 gradient scaler,
@@ -459,31 +471,47 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
     gradients can weaken an attack and so overstate robust accuracy.
 
     ``cfg.workers``: processes that prepare (gather and augment) the batches ahead of the model
-    step; the weights do not depend on it (see :class:`EpochBatches`)."""
+    step; the weights do not depend on it (see :class:`EpochBatches`).
+
+    The initial model is validated as epoch 0 (``history[0]``). With ``fine_tune`` it is also a
+    candidate of selection, so a fine-tune that only makes the validation criterion worse keeps the
+    initial weights, and ``cfg.max_nat_drop`` refuses epochs that lose more validation accuracy than
+    that against it; from scratch (a random start) it is never selected."""
     loss_fn = get_loss(loss_cfg.name)
     train = seeded_subset(train, cfg.n_train, cfg.seed)
     val = seeded_subset(val, cfg.n_val, cfg.seed + 1)
     init_sd = {k: v.clone() for k, v in model.state_dict().items()}
     key = resume_key(loss_cfg, cfg, init_sd, train, val)
-    opt = make_optimizer(model, cfg)
+    plan = budget(cfg, len(train))
+    opt = make_optimizer(model, plan)
     device = resolve_device(cfg.device)
     amp_dtype = AMP[cfg.amp]
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     state_path = Path(state_path)
-    st = _resume(state_path, key, model, opt, scaler, desc, cfg.epochs) or {
-        "epoch": 0, "history": [], "best": copy.deepcopy(init_sd), "best_score": -math.inf}
-    start, history, best, best_score = st["epoch"], st["history"], st["best"], st["best_score"]
     model.to(device)
+    st = _resume(state_path, key, model, opt, scaler, desc, plan.epochs)
+    if st is None:  # epoch 0: the initial model, a candidate of selection like every epoch
+        m0 = validate(model, val, loss_cfg, seed=cfg.seed + 7, device=device)
+        st = {"epoch": 0, "history": [{"epoch": 0, **m0, "selected": 1.0}],
+              "best": copy.deepcopy(init_sd),
+              "best_score": _score(m0, cfg.select, -1) if fine_tune else -math.inf}
+    start, history, best, best_score = st["epoch"], st["history"], st["best"], st["best_score"]
+    init_nat = history[0]["val_nat_acc"]
     with global_rngs_restored(device):
-        for epoch in range(start, cfg.epochs):
-            metrics = _train_epoch(model, opt, loss_fn, loss_cfg, train, cfg, epoch, device, amp_dtype,
-                                   scaler, desc, state_path)
+        for epoch in range(start, plan.epochs):
+            last = epoch == plan.epochs - 1
+            metrics = _train_epoch(model, opt, loss_fn, loss_cfg, train, plan, epoch, device, amp_dtype,
+                                   scaler, desc, state_path, plan.last_batches if last else None)
             metrics.update(validate(model, val, loss_cfg, seed=cfg.seed + 7, device=device))
-            metrics["lr"] = lr_at(cfg, epoch)
-            score = _score(metrics, cfg.select) if cfg.select != "last" else epoch
-            if score >= best_score:
+            metrics["lr"] = lr_at(plan, epoch)
+            score = _score(metrics, cfg.select, epoch)
+            eligible = (not fine_tune or cfg.max_nat_drop is None
+                        or metrics["val_nat_acc"] >= init_nat - cfg.max_nat_drop - TOLERANCE)
+            if eligible and score >= best_score:
                 best_score, best = score, {k: v.detach().clone() for k, v in model.state_dict().items()}
-            metrics["selected"] = float(score == best_score)
+                for h in history:
+                    h["selected"] = 0.0
+            metrics["selected"] = float(eligible and score == best_score)
             history.append({"epoch": epoch + 1, **metrics})
             if log is not None:
                 log(epoch + 1, metrics)
@@ -494,7 +522,47 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
             save_checkpoint(state, state_path)
+    if fine_tune:
+        _warn_selection(history, desc, cfg.select)
     model.load_state_dict(best)
     model.eval()
     state_path.unlink(missing_ok=True)
     return model.cpu(), history
+
+
+#: the selected model losing more validation accuracy than this against the initial one is warned of
+WARN_NAT_DROP = 0.03
+#: accuracy comparisons ignore float rounding (0.80 - 0.77 is 0.030000000000000027)
+TOLERANCE = 1e-9
+
+
+def _warn_selection(history: list[dict], desc: str, select: str) -> None:
+    """Say when selection kept the initial weights, or when the selected epoch lost more than
+    :data:`WARN_NAT_DROP` validation accuracy against the initial model."""
+    chosen = max((h for h in history if h.get("selected")), key=lambda h: h["epoch"], default=history[0])
+    drop = history[0]["val_nat_acc"] - chosen["val_nat_acc"]
+    if chosen["epoch"] == 0 and len(history) > 1:  # (only fine-tunes select epoch 0)
+        print(f"[{desc}] warning: no epoch improved the validation criterion ({select}) on the "
+              f"initial model within the accuracy guard; keeping the initial weights")
+    elif drop > WARN_NAT_DROP + TOLERANCE:
+        print(f"[{desc}] warning: the selected epoch {chosen['epoch']} loses {100 * drop:.1f} points "
+              f"of validation accuracy against the initial model")
+
+
+@dataclass(frozen=True)
+class Plan(TrainConfig):
+    """A :class:`TrainConfig` with its budget resolved: ``epochs`` passes, the last one cut to
+    ``last_batches`` batches when the budget is given in ``steps``."""
+    last_batches: int | None = None
+
+
+def budget(cfg: TrainConfig, n_train: int) -> Plan:
+    """Resolve ``cfg``'s budget on ``n_train`` training points: ``steps`` optimiser steps (as many
+    epochs as they need, the last one partial) or ``epochs`` whole passes."""
+    d = asdict(cfg)
+    if cfg.steps is None:
+        return Plan(**d)
+    per_epoch = math.ceil(n_train / cfg.batch_size)
+    d["epochs"] = math.ceil(cfg.steps / per_epoch)
+    rest = cfg.steps - (d["epochs"] - 1) * per_epoch
+    return Plan(**d, last_batches=None if rest == per_epoch else rest)
