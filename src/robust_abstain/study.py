@@ -31,7 +31,7 @@ from .attacks.apgd import worst_case_predictions
 from .certify import Smooth
 from .evaluate import natural
 from .losses import LossConfig, get_loss
-from .train import TrainConfig, epoch_seed, make_optimizer, seeded_subset, train_step
+from .train import TrainConfig, epoch_streams, make_optimizer, seeded_subset, train_step
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,8 @@ def run_curve(run: Run, model: torch.nn.Module, train: TensorDataset, val: Tenso
     rows, step, total = [], 0, max(run.checkpoints)
     bar = tqdm(total=total, desc=run.tag, disable=not progress, mininterval=5)
     for epoch in range(math.ceil(total / per_epoch) + 1):
-        g = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-        perm = torch.randperm(len(y), generator=g).to(device)
-        loss_g = g if device.type == "cpu" else torch.Generator(device).manual_seed(epoch_seed(cfg.seed, epoch))
+        perm, loss_g = epoch_streams(cfg.seed, epoch, len(y), device)  # as fit's epochs
+        perm = perm.to(device)
         for b in range(per_epoch):
             if step in run.checkpoints:
                 rows.append({"step": step, **measure(model, run, xv, yv, attack_steps, cfg.seed + 7)})

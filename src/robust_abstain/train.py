@@ -161,6 +161,16 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def epoch_streams(seed: int, epoch: int, n: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Generator]:
+    """Epoch ``epoch``'s data order (a CPU permutation of ``n`` points) and the generator of the
+    loss's draws in it: the same CPU generator after the permutation, or on another ``device`` one
+    with the same seed. Both depend only on (seed, epoch)."""
+    g = _generator(torch.device("cpu"), epoch_seed(seed, epoch))
+    perm = torch.randperm(n, generator=g)
+    return perm, g if device.type == "cpu" else _generator(device, epoch_seed(seed, epoch))
+
+
 def seed_global_rngs(seed: int, device: torch.device) -> None:
     """Seed torch's global RNG (CPU, and ``device`` when it is a CUDA device), numpy's and Python's."""
     torch.default_generator.manual_seed(seed)
@@ -423,9 +433,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, 
     for group in opt.param_groups:
         group["lr"] = lr_at(cfg, epoch)
     x, y = train.tensors
-    g = _generator(torch.device("cpu"), epoch_seed(cfg.seed, epoch))
-    perm = torch.randperm(len(y), generator=g)
-    loss_g = g if device.type == "cpu" else _generator(device, epoch_seed(cfg.seed, epoch))
+    perm, loss_g = epoch_streams(cfg.seed, epoch, len(y), device)
     model.train()
     kill_at = _kill_point()
     sums: dict[str, float] = {}

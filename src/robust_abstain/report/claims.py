@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..records import accurate
+from .tables import dci
 
 NAT_TOLERANCE = -0.005   # Table 1: "no loss of natural accuracy" within half a point
 ROB_GAIN = 0.15          # Table 1: at least 15 points of robust accuracy
@@ -29,7 +30,7 @@ ADAPTIVE_GAP = 0.01      # the adaptive attack no more than 1 point below the so
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
-    return f"{100 * m[key]:+.1f} [{100 * m[key + '_lo']:+.1f}, {100 * m[key + '_hi']:+.1f}]"
+    return dci(m[key], m[key + "_lo"], m[key + "_hi"])
 
 
 def _verdict(ok: bool) -> str:
