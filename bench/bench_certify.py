@@ -1,4 +1,4 @@
-"""Certification throughput of robust_abstain.certify on the small CNN (random weights), side by side:
+"""Certification throughput of robust_abstain.evaluation.certify on the small CNN (random weights), side by side:
 
   plain       the model's forward alone on full batches of ``batch`` images (the ceiling)
   batched     Smooth.certify_points: one stream of noisy samples across all points, full batches,
@@ -20,7 +20,7 @@ import torch
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
-from robust_abstain.certify import Smooth
+from robust_abstain.evaluation.certify import Smooth
 from robust_abstain.models.nets import build_model
 
 

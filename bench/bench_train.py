@@ -4,7 +4,7 @@
 * TRADES epoch / ((PGD steps + 2) plain CE training steps): TRADES's floor is one gradient per PGD
   step plus the clean and adversarial forward/backward passes.
 
-With ``--augment``, instead, whole epochs through :func:`robust_abstain.train.fit` on CIFAR-shaped
+With ``--augment``, instead, whole epochs through :func:`robust_abstain.training.fit` on CIFAR-shaped
 data (uint8 3x32x32 images, as CIFAR is stored, converted to [0, 1] as the pipeline does), TRADES
 fine-tuning of a small CNN:
 
@@ -35,7 +35,7 @@ from torch.utils.data import TensorDataset  # noqa: E402
 
 from robust_abstain.losses import LossConfig, get_loss  # noqa: E402
 from robust_abstain.models.checkpoint import ModelSpec  # noqa: E402
-from robust_abstain.train import TrainConfig, fit  # noqa: E402
+from robust_abstain.training import TrainConfig, fit  # noqa: E402
 
 
 def epoch_time(loss_cfg: LossConfig, x, y, batch_size: int, seed: int = 0) -> float:

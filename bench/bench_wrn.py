@@ -1,8 +1,8 @@
 """Benchmark at the paper's scale: RobustBench's WideResNet-28-10 on CIFAR-10-shaped inputs, meant
 for a GPU machine. Measured side by side in one run, on the same model and data:
 
-1. Fine-tuning step time (one optimisation step of :func:`robust_abstain.train.train_step`, the very
-   step :func:`~robust_abstain.train.fit` takes) of ERA (paper variant: two inner attacks; shared
+1. Fine-tuning step time (one optimisation step of :func:`robust_abstain.training.loop.train_step`, the very
+   step :func:`~robust_abstain.training.loop.fit` takes) of ERA (paper variant: two inner attacks; shared
    variant: one) against TRADES, batch ``--batch`` (200 on GPU), ``--steps``-step PGD at
    ``--eps`` (10 steps at 2/255, the paper's CIFAR fine-tuning); with ``--amp bf16|fp16`` every
    loss is also timed under mixed precision, and the amp / fp32 ratio is printed.
@@ -42,7 +42,8 @@ from torch import nn  # noqa: E402
 
 from robust_abstain.attacks.apgd import APGD  # noqa: E402
 from robust_abstain.losses import LossConfig, get_loss  # noqa: E402
-from robust_abstain.train import AMP, resolve_device, train_step  # noqa: E402
+from robust_abstain.device import resolve_device  # noqa: E402
+from robust_abstain.training import AMP, train_step  # noqa: E402
 
 
 def build_wrn(depth: int, width: int, num_classes: int = 10) -> nn.Module:

@@ -15,7 +15,7 @@ Each stage's log goes to `.dvc/tmp/repro_parallel/<stage>.log`. Stages that are 
 skipped by DVC as usual; a failed stage is named with the end of its log and makes the script
 exit 1 after the others finish.
 
-Usage:  python scripts/repro_parallel.py -j 4 --gpus 0,1,2,3 'certify*@*' && dvc repro
+Usage:  python scripts/repro_parallel.py -j 4 --gpus 0,1,2,3 'certify@*' && dvc repro
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def select_stages(patterns: list[str]) -> tuple[list[list[str]], list[str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("patterns", nargs="+", help="stage names or globs, e.g. 'certify*@*' 'finetune@*'")
+    ap.add_argument("patterns", nargs="+", help="stage names or globs, e.g. 'certify@*' 'finetune@*'")
     ap.add_argument("-j", "--jobs", type=int, default=None, help="workers (default: number of GPUs, else 2)")
     ap.add_argument("--gpus", default=None, help="comma-separated GPU ids, one per running stage")
     ap.add_argument("--dry", action="store_true", help="list what would run, run nothing")

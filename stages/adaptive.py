@@ -1,20 +1,19 @@
 """Stage adaptive: the end-to-end attack on H = S F_robust + (1 - S) F_core for one robust model, for
 each selector the report composes it with: S_ERI, and S_SR at the tau chosen on validation records
-(robust_abstain.choose, the same choice the report makes). See robust_abstain.adaptive."""
+(robust_abstain.analysis.choose, the same choice the report makes). See robust_abstain.evaluation.adaptive."""
 import argparse
 
 import pandas as pd
 import torch
 
 from robust_abstain import stage
-from robust_abstain.adaptive import AttackConfig, adaptive_records
-from robust_abstain.choose import sr_tau, tau_grid
+from robust_abstain.evaluation.adaptive import AttackConfig, adaptive_records
+from robust_abstain.evaluation.empirical import EvaluateConfig
+from robust_abstain.analysis.choose import ReportParams, composed_specs
 from robust_abstain.data import load_prepared
 from robust_abstain.io import save_csv
-from robust_abstain.metrics import align
+from robust_abstain.analysis.records import align
 from robust_abstain.models.checkpoint import load_model
-from robust_abstain.params import choice, count, non_negative, probability, scales
-from robust_abstain.selectors import SelectorSpec
 
 
 def main() -> None:
@@ -29,22 +28,12 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     p, rp = stage.params("evaluate", "report")
+    cfg = AttackConfig.from_evaluate(EvaluateConfig.from_params(p, "evaluate"))
     rdf, cdf = align(pd.read_csv(args.records), pd.read_csv(args.core_records), names=["robust", "core"])
     vr, vc = align(pd.read_csv(args.val_records), pd.read_csv(args.core_val_records),
                    names=["robust (val)", "core (val)"])
-    specs = [SelectorSpec("ERI")]
-    tau = sr_tau(vr, vc, tau_grid(count(rp.get("taus"), "report.taus", min=2)),
-                 probability(rp.get("max_nat_drop"), "report.max_nat_drop"))
-    if tau is not None:
-        specs.append(SelectorSpec("SR", tau))
-    cfg = AttackConfig(eps=non_negative(p.get("eps"), "evaluate.eps"),
-                       norm=choice(p.get("norm"), "evaluate.norm", ["linf", "l2"]),
-                       steps=count(p.get("steps"), "evaluate.steps"),
-                       restarts=count(p.get("restarts"), "evaluate.restarts"),
-                       push_steps=count(p.get("adaptive_push_steps"), "evaluate.adaptive_push_steps"),
-                       seed=count(p.get("seed"), "evaluate.seed", min=0),
-                       batch_size=count(p.get("batch_size"), "evaluate.batch_size"),
-                       selector_conf=1 in scales(p.get("sr_scales"), "evaluate.sr_scales"))
+    rp = ReportParams.from_params(rp, "report")
+    specs = composed_specs(vr, vc, rp.tau_grid, rp.max_nat_drop)
     robust_model, _, _ = load_model(args.model)
     core_model, _, _ = load_model(args.core_model)
     test = load_prepared(args.data).split("test")

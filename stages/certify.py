@@ -10,13 +10,13 @@ import argparse
 import torch
 
 from robust_abstain import stage
-from robust_abstain.certify import Smooth, certify_dataset, certify_settings
 from robust_abstain.data import load_prepared
+from robust_abstain.device import resolve_device
+from robust_abstain.evaluation.certify import CertifyConfig, certify_dataset, certify_settings
+from robust_abstain.evaluation.shards import shard_count, shard_meta, shard_positions
+from robust_abstain.evaluation.smoothing import Smooth
 from robust_abstain.io import save_json
 from robust_abstain.models.checkpoint import load_model
-from robust_abstain.params import count, positive, probability
-from robust_abstain.shards import shard_count, shard_meta, shard_positions
-from robust_abstain.train import resolve_device
 
 
 def main() -> None:
@@ -26,30 +26,23 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="records CSV; a shard also writes <out>.json")
     ap.add_argument("--shard", type=int, default=None, help="which shard of certify.shards to run")
     args = ap.parse_args()
-    p = stage.params("certify")
-    sigma = positive(p.get("sigma"), "certify.sigma")
-    n_points = count(p.get("n_points", 500), "certify.n_points")
-    n0, n = count(p.get("n0", 100), "certify.n0"), count(p.get("n", 100000), "certify.n")
-    alpha = probability(p.get("alpha", 0.001), "certify.alpha")
-    seed = count(p.get("seed", 0), "certify.seed", min=0)
-    shard, num_shards = (args.shard, shard_count(p.get("shards"))) if args.shard is not None else (0, 1)
+    cfg = CertifyConfig.from_params(stage.params("certify"), "certify")
+    shard, num_shards = (args.shard, shard_count(cfg.shards)) if args.shard is not None else (0, 1)
     model, spec, _ = load_model(args.model)
-    dev = resolve_device(p.get("device", "auto"), "certify.device")
+    dev = resolve_device(cfg.device, "certify.device")
     model.to(dev)
     test = load_prepared(args.data).split("test")
-    n_points = min(n_points, len(test))
+    n_points = min(cfg.n_points, len(test))
     pos = torch.tensor(shard_positions(n_points, shard, num_shards), dtype=torch.long)
-    smooth = Smooth(model, spec.num_classes, sigma)
+    smooth = Smooth(model, spec.num_classes, cfg.sigma)
     df = certify_dataset(smooth, test.tensors[0][pos].to(dev), test.tensors[1][pos], pos, args.out,
-                         n0=n0, n=n, alpha=alpha, batch_size=count(p.get("batch_size", 1000), "certify.batch_size"),
-                         seed=seed)
+                         n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, batch_size=cfg.batch_size, seed=cfg.seed)
     if args.shard is not None:
-        save_json(shard_meta(certify_settings(smooth, n0, n, alpha, seed), shard, num_shards, n_points),
-                  args.out + ".json")
+        settings = certify_settings(smooth, cfg.n0, cfg.n, cfg.alpha, cfg.seed)
+        save_json(shard_meta(settings, shard, num_shards, n_points), args.out + ".json")
     part = f" (shard {shard} of {num_shards})" if args.shard is not None else ""
     print(f"{args.model}{part}: smoothed accuracy {(df.smooth_pred == df.label).mean():.3f}, "
           f"certified (any radius) {(df.cert_pred == df.label).mean():.3f} -> {args.out}")
-
 
 if __name__ == "__main__":
     stage.run(main)

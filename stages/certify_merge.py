@@ -5,7 +5,7 @@ from pathlib import Path
 
 from robust_abstain import stage
 from robust_abstain.io import save_csv
-from robust_abstain.shards import merge_shards, shard_count
+from robust_abstain.evaluation.shards import merge_shards, shard_count
 
 
 def main() -> None:

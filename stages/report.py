@@ -8,10 +8,10 @@ import pandas as pd
 
 from robust_abstain import stage
 from robust_abstain.errors import DataError, ParamError
+from robust_abstain.evaluation.empirical import EvaluateConfig
 from robust_abstain.io import save_json, save_text
-from robust_abstain.choose import tau_grid
-from robust_abstain.params import count, non_negative, positive, probability
-from robust_abstain.report import ModelInfo, build_report
+from robust_abstain.params import count
+from robust_abstain.report import ModelInfo, ReportParams, build_report, metrics_json
 from robust_abstain.report.claims import claims_markdown
 
 
@@ -28,6 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     sweep, loss, cert_sweep, cert_loss, ev, ev_l2, rp = stage.params(
         "sweep", "loss", "cert_sweep", "cert_loss", "evaluate", "evaluate_l2", "report")
+    rp = ReportParams.from_params(rp, "report")
     seeds = training_seeds(stage.load_params().get("seeds"))
     res = Path(args.results)
     rec = lambda name: _read(res / "records" / f"{name}.csv")  # noqa: E731
@@ -46,20 +47,16 @@ def main() -> None:
     adaptive = {m.name: _read(res / "adaptive" / f"{m.name}.csv") for m in models
                 if m.role not in ("core", "headline")}
     adaptive["headline"] = _read(res / "adaptive" / "headline" / f"s{seeds[0]}.csv")
-    metrics = build_report(models, args.out, positive(ev.get("eps"), "evaluate.eps"), certified=certified,
-                           adaptive=adaptive, cert_eps=non_negative(ev_l2.get("eps"), "evaluate_l2.eps"),
+    eps = EvaluateConfig.from_params(ev, "evaluate").eps
+    cert_eps = EvaluateConfig.from_params(ev_l2, "evaluate_l2").eps
+    metrics = build_report(models, args.out, eps, certified=certified, adaptive=adaptive, cert_eps=cert_eps,
                            certified_core=rec("core_l2"),
-                           taus=tau_grid(count(rp.get("taus"), "report.taus", min=2)),
-                           max_nat_drop=probability(rp.get("max_nat_drop"), "report.max_nat_drop"),
-                           seed=count(rp.get("seed"), "report.seed", min=0),
+                           taus=rp.tau_grid, max_nat_drop=rp.max_nat_drop, seed=rp.seed,
                            seed_runs=runs, seeds=seeds,
                            seed_adaptive=[_read(res / "adaptive" / "headline" / f"s{s}.csv") for s in seeds])
-    synthetic = json.loads(_read_text(res / "synthetic.json"))
-    metrics.update({f"synthetic/{split}/{m}/{k}": round(v, 4) for split, per_model in synthetic.items()
-                    for m, d in per_model.items() for k, v in d.items()})
+    metrics = metrics_json(metrics, json.loads(_read_text(res / "synthetic.json")))
     save_json(metrics, Path(args.out) / "metrics.json")
-    warn = probability(rp.get("warn_nat_drop"), "report.warn_nat_drop")
-    save_text(claims_markdown(metrics, models, warn), Path(args.out) / "claims.md")
+    save_text(claims_markdown(metrics, models, rp.warn_nat_drop), Path(args.out) / "claims.md")
     for k in ("core/nat_acc", "core/rob_acc", "headline/rob_acc", "headline/rob_inacc",
               "best_composition/nat_acc", "best_composition/rob_acc"):
         print(f"{k}: {metrics.get(k)}")

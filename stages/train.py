@@ -4,8 +4,8 @@ import argparse
 from robust_abstain import stage
 from robust_abstain.data import load_prepared
 from robust_abstain.live import epoch_logger
-from robust_abstain.pipeline import train_model
-from robust_abstain.train import state_dir_for
+from robust_abstain.training import train_model
+from robust_abstain.training import state_dir_for
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Phase ``bases`` trains the models the pipeline trains from scratch (core, robust base, noise base);
 phase ``finetunes`` fine-tunes from the pipeline's own base models (``--base``, ``--noise-base``:
-run ``dvc repro train@base train_noise_base`` first) every entry of the sweep and the headline, in
+run ``dvc repro train@base train@noise_base`` first) every entry of the sweep and the headline, in
 both tracks. Everything else (architecture, loss, batch size, training subset, seed) is the
 params file's, so the budget chosen from these curves is one the pipeline trains. No test point
 is read: every metric is on the validation split.
@@ -37,9 +37,10 @@ from robust_abstain.errors import ParamError  # noqa: E402
 from robust_abstain.io import save_csv  # noqa: E402
 from robust_abstain.losses import LossConfig  # noqa: E402
 from robust_abstain.params import load_params, section  # noqa: E402
-from robust_abstain.pipeline import model_spec  # noqa: E402
-from robust_abstain.study import Run, run_curve  # noqa: E402
-from robust_abstain.train import TrainConfig, resolve_device, seeded_subset  # noqa: E402
+from robust_abstain.training import model_spec  # noqa: E402
+from robust_abstain.training.study import Run, run_curve  # noqa: E402
+from robust_abstain.device import resolve_device  # noqa: E402
+from robust_abstain.training import TrainConfig, seeded_subset  # noqa: E402
 
 PHASES = {
     "bases": {"lrs": (3e-4, 1e-3, 3e-3), "steps": (0, 100, 200, 400, 800, 1600, 3200)},

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from robust_abstain.io import save_csv, save_figure, save_text
-from robust_abstain.study import plateau
+from robust_abstain.training.study import plateau
 
 #: plateau tolerance: a curve has plateaued once it stays within this of its last value;
 TOL = 0.02  # about 1.5 standard errors of a rate near 80 % on the 500 validation points

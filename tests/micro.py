@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from robust_abstain.dag import pipeline_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,8 @@ def micro_params(data_root: Path, source: str = "params.yaml") -> dict:
     p["cert_finetune"]["train"].update(steps=1, n_train=40, n_val=20)
     p["cert_sweep"] = {"cra-4": {"name": "cra", "beta": 4.0}}
     p["certify"].update(n0=10, n=40, n_points=12, batch_size=100)
-    p["report"]["taus"] = 5
+    p["report"]["n_taus"] = 5
+    p["pipeline"] = pipeline_section(p)
     return p
 
 

@@ -7,8 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_abstain.attacks import (APGD, checkpoints, max_other_confidence, pgd, project,
-                                    worst_case_predictions)
+from robust_abstain.analysis.records import EMPIRICAL_COLUMNS
+from robust_abstain.attacks import (APGD, ATTACKS, checkpoints, eval_mode, max_other_confidence, per_sample,
+                                    pgd, project, worst_case_predictions)
+from robust_abstain.attacks.apgd import OBJECTIVES
+from robust_abstain.attacks.apgd_state import Iterates, StepSizeSchedule, Worst
 from robust_abstain.errors import ParamError
 from robust_abstain.models.nets import build_model
 
@@ -291,22 +294,108 @@ def test_pgd_rejects_non_per_sample_objective(trained_mlp):
         pgd(lambda xa: F.cross_entropy(model(xa), pred), x, 0.05, 2)
 
 
-@pytest.mark.parametrize("call", [
-    lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), -0.1, 5),
-    lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), 0.1, -1),
-    lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), 0.1, 5, norm="l1"),
-    lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), float("nan"), 5),
-    lambda m: APGD(m, eps=-0.1),
-    lambda m: APGD(m),
-    lambda m: APGD(m, eps=0.1, norm="l0"),
-    lambda m: APGD(m, eps=0.1, objective="dlr"),
-    lambda m: APGD(m, eps=0.1, restarts=0),
-    lambda m: APGD(m, eps=0.1, batch_size=0),
-    lambda m: APGD(m, eps=0.1, rho=1.5),
-    lambda m: APGD(m, eps=0.1).perturb(torch.rand(3, 10), torch.zeros(2, dtype=torch.long)),
-    lambda m: worst_case_predictions(m, torch.rand(3, 10), torch.zeros(3, dtype=torch.long), -1.0),
+@pytest.mark.parametrize("call, names", [
+    (lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), -0.1, 5), "eps"),
+    (lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), 0.1, -1), "steps"),
+    (lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), 0.1, 5, norm="l1"), "norm"),
+    (lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), float("nan"), 5), "eps"),
+    (lambda m: pgd(lambda xa: m(xa).sum(1), torch.rand(2, 10), 0.1, 5, step_size=-1.0), "step_size"),
+    (lambda m: APGD(m, eps=-0.1), "eps"),
+    (lambda m: APGD(m), "eps"),
+    (lambda m: APGD(m, eps=0.1, norm="l0"), "norm"),
+    (lambda m: APGD(m, eps=0.1, objective="dlr"), "objective"),
+    (lambda m: APGD(m, eps=0.1, restarts=0), "restarts"),
+    (lambda m: APGD(m, eps=0.1, batch_size=0), "batch_size"),
+    (lambda m: APGD(m, eps=0.1, rho=1.5), "rho"),
+    (lambda m: APGD(m, eps=0.1, seed=1.5), "seed"),
+    (lambda m: APGD(m, eps=0.1).perturb(torch.rand(3, 10), torch.zeros(2, dtype=torch.long)), "y must"),
+    (lambda m: worst_case_predictions(m, torch.rand(3, 10), torch.zeros(3, dtype=torch.long), -1.0), "eps"),
 ])
-def test_bad_params_raise_param_error(call):
+def test_bad_params_raise_param_error(call, names):
+    """One error type, and a message that names the offending argument."""
     model = nn.Linear(10, 3)
-    with pytest.raises(ParamError):
+    with pytest.raises(ParamError, match=names):
         call(model)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def test_eval_mode_restores_every_submodule_even_on_error():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    model.train()
+    model[1].eval()
+    with eval_mode(model) as m:
+        assert m is model and not any(sub.training for sub in model.modules())
+    assert model.training and model[0].training and not model[1].training and model[2].training
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert model.training and not model[1].training
+
+
+def test_per_sample_broadcasts_along_the_batch():
+    x = torch.ones(3, 2, 4, 5)
+    v = torch.tensor([1.0, 2.0, 3.0])
+    assert per_sample(v, x).shape == (3, 1, 1, 1)
+    assert torch.equal((x * per_sample(v, x))[:, 1, 2, 3], v)
+    assert per_sample(v, torch.ones(3, 7)).shape == (3, 1)
+    mask = torch.tensor([True, False, True])
+    picked = torch.where(per_sample(mask, x), x, torch.zeros_like(x))
+    assert picked.flatten(1).sum(1).tolist() == [40.0, 0.0, 40.0]
+
+
+def test_attack_registry_fills_exactly_the_attack_columns_of_the_records():
+    filled = {f"{a.prefix}_{kind}_{s}x" for a in ATTACKS.values()
+              for kind in ("pred", "conf") for s in (1, 2)}
+    assert filled == set(EMPIRICAL_COLUMNS) - {"index", "label", "pred", "conf", "eps"}
+    assert all(a.objective in OBJECTIVES and set(a.default_scales) <= {1, 2} for a in ATTACKS.values())
+    assert ATTACKS["apgd-ce"].objective == "ce" and ATTACKS["apgd-conf"].objective == "conf"
+
+
+# ----------------------------------------------------------------------------- APGD bookkeeping
+def _state(n_incr, f_best, f_best_last, halved_last) -> Iterates:
+    n = len(n_incr)
+    z = torch.zeros(n, 2)
+    s = Iterates.start(torch.arange(n), z, torch.zeros(n, dtype=torch.long), z, torch.zeros(n), z, eps=0.1)
+    s.n_incr, s.f_best = torch.tensor(n_incr), torch.tensor(f_best)
+    s.f_best_last, s.halved_last = torch.tensor(f_best_last), torch.tensor(halved_last)
+    return s
+
+
+def test_step_size_halves_on_the_two_checkpoint_conditions():
+    """Checkpoints 22 and 41 of 100 steps, rho = 0.75: at 22, condition (1) needs fewer than
+    0.75 * 22 = 16.5 increasing steps; at 41, fewer than 0.75 * 19 = 14.25. Condition (2): not
+    halved last time and no growth of the best objective."""
+    sched = StepSizeSchedule(checkpoints(100), 100, 0.75)
+    s = _state(n_incr=[17.0, 16.0, 17.0, 17.0], f_best=[1.0, 1.0, 1.0, 2.0], f_best_last=[1.0, 0.0, 0.0, 1.0],
+               halved_last=[True, False, False, True])
+    assert sched.halve(21, s) is None
+    assert sched.halve(22, s).tolist() == [False, True, False, False]
+    s = _state(n_incr=[15.0, 14.0, 15.0, 15.0], f_best=[1.0, 1.0, 1.0, 1.0], f_best_last=[1.0, 0.0, 1.0, 1.0],
+               halved_last=[False, False, True, False])
+    assert sched.halve(41, s).tolist() == [True, True, False, True]
+    assert StepSizeSchedule(checkpoints(10), 10, 0.75).pending == [w for w in checkpoints(10) if w < 10]
+
+
+def test_checkpoint_restarts_halved_samples_from_their_best_point():
+    s = _state([0.0, 0.0], [5.0, 6.0], [0.0, 0.0], [False, False])
+    s.x, s.x_best = torch.zeros(2, 2), torch.ones(2, 2)
+    s.grad, s.grad_best = torch.zeros(2, 2), torch.full((2, 2), 3.0)
+    s.n_incr += 4
+    s.checkpoint(torch.tensor([True, False]))
+    assert s.step.tolist() == pytest.approx([0.1, 0.2])
+    assert s.x.tolist() == [[1.0, 1.0], [0.0, 0.0]] and s.grad.tolist() == [[3.0, 3.0], [0.0, 0.0]]
+    assert s.f.tolist() == [5.0, 0.0] and s.n_incr.tolist() == [0.0, 0.0]
+    assert s.halved_last.tolist() == [True, False] and s.f_best_last.tolist() == [5.0, 6.0]
+    kept = s.take(torch.tensor([1]))
+    assert kept.rows.tolist() == [1] and kept.f_best.tolist() == [6.0]
+
+
+def test_worst_prefers_misclassified_then_higher_objective():
+    w = Worst(torch.zeros(3, 1), torch.zeros(3, 2), fooled=torch.tensor([False, True, False]),
+              f=torch.tensor([1.0, 1.0, 1.0]))
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])    # rows 0: fooled; 1, 2: not
+    fooled = w.offer(torch.tensor([0, 1, 2]), torch.ones(3, 1), torch.tensor([0.5, 9.0, 2.0]), logits,
+                     torch.zeros(3, dtype=torch.long))
+    assert fooled.tolist() == [True, False, False]
+    assert w.x.flatten().tolist() == [1.0, 0.0, 1.0]    # row 1 stays: fooled beats a higher objective
+    assert w.fooled.tolist() == [True, True, False] and w.f.tolist() == [0.5, 1.0, 2.0]

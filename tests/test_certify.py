@@ -10,11 +10,14 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from robust_abstain.certify import Smooth, certify_dataset, certify_settings, lower_confidence_bound, point_generators
-from robust_abstain.shards import merge_shards, shard_count, shard_meta, shard_positions
+from robust_abstain.evaluation.certify import CertifyConfig, certify_dataset, certify_settings
+from robust_abstain.evaluation.smoothing import Smooth, lower_confidence_bound, point_generators
+from robust_abstain.models.checkpoint import weights_digest
+from robust_abstain.seeds import stream_seed
+from robust_abstain.evaluation.shards import merge_shards, shard_count, shard_meta, shard_positions
 from robust_abstain.io import save_json
 from robust_abstain.errors import ParamError
-from robust_abstain.records import ABSTAIN, CERTIFIED_COLUMNS
+from robust_abstain.analysis.records import ABSTAIN, CERTIFIED_COLUMNS
 
 D, SIGMA, B = 8, 0.5, 0.1
 
@@ -158,6 +161,68 @@ def test_model_sees_full_batches_across_inputs_and_mode_is_restored():
     assert c0.sum(1).tolist() == [3] * 5 and c.sum(1).tolist() == [10] * 5
 
 
+def test_mode_is_restored_after_a_crash():
+    f = Linear2(fail_after=0)
+    f.train()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Smooth(f, 2, SIGMA).noise_counts(torch.zeros(1, D), 3, 10, batch_size=8)
+    assert f.training
+
+
+def test_point_generators_are_seeded_by_the_point_stream():
+    """Seed of point i: ``stream_seed(seed, i)``, i.e. SeedSequence([seed, i]) (the certified
+    records of every profile depend on these values)."""
+    gens = point_generators(7, [0, 12, 12])
+    assert [g.initial_seed() for g in gens] == [stream_seed(7, i) for i in (0, 12, 12)]
+    expected = int(np.random.SeedSequence([7, 12]).generate_state(1, np.uint64)[0])
+    assert gens[1].initial_seed() == expected
+    assert torch.equal(torch.randn(5, generator=gens[1]), torch.randn(5, generator=gens[2]))
+
+
+def test_weights_digest_is_sha256_over_names_and_tensor_bytes():
+    """The digest the shard files record: sha256 of each state-dict name then its tensor's bytes."""
+    import hashlib
+    f = Linear2()
+    h = hashlib.sha256()
+    for name in ("w", "b"):
+        h.update(name.encode())
+        h.update(getattr(f, name).detach().numpy().tobytes())
+    assert weights_digest(f) == weights_digest(f.state_dict()) == h.hexdigest()
+    assert certify_settings(Smooth(f, 2, SIGMA), 10, 100, 0.01, 0)["model"] == h.hexdigest()
+    conv = nn.Conv2d(2, 3, 3)
+    fast = nn.Conv2d(2, 3, 3).to(memory_format=torch.channels_last)
+    fast.load_state_dict(conv.state_dict())
+    assert weights_digest(fast) == weights_digest(conv)  # layout does not matter, values do
+    with torch.no_grad():
+        f.b += 1e-6
+    assert weights_digest(f) != h.hexdigest()
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "params-paper.yaml", "params-full.yaml"])
+def test_certify_config_reads_every_profile(profile):
+    import yaml
+    from pathlib import Path
+    p = yaml.safe_load((Path(__file__).resolve().parents[1] / profile).read_text())["certify"]
+    cfg = CertifyConfig.from_params(p, "certify")
+    assert (cfg.n0, cfg.n, cfg.alpha, cfg.sigma) == (p["n0"], p["n"], p["alpha"], p["sigma"])
+    assert cfg.device == p.get("device", "auto")
+
+
+def test_certify_config_rejects_typos_missing_keys_and_bad_values():
+    good = dict(sigma=0.25, n0=100, n=1000, alpha=0.001, n_points=200, batch_size=1000, seed=0,
+                shards=[0])
+    assert CertifyConfig.from_params(good, "certify").n == 1000
+    with pytest.raises(ParamError, match=r"unknown keys \['nn'\]"):
+        CertifyConfig.from_params(good | {"nn": 5}, "certify")
+    with pytest.raises(ParamError, match=r"certify lacks \['n'\]"):
+        CertifyConfig.from_params({k: v for k, v in good.items() if k != "n"}, "certify")
+    for key, bad in (("alpha", 1.0), ("n0", 0), ("sigma", 0.0), ("seed", -1), ("batch_size", 0)):
+        with pytest.raises(ParamError, match=f"certify.{key}"):
+            CertifyConfig.from_params(good | {key: bad}, "certify")
+    with pytest.raises(ParamError, match="certify.shards"):
+        CertifyConfig.from_params(good | {"shards": [1]}, "certify")
+
+
 def _run(tmp_path, name, model, x, y, idx, **kw):
     args = dict(n0=40, n=400, alpha=0.01, batch_size=64, seed=11, points_per_call=3, progress=False)
     return certify_dataset(Smooth(model, 2, SIGMA), x, y, idx, tmp_path / name, **(args | kw))
@@ -189,7 +254,7 @@ def test_certify_dataset_records(tmp_path, data):
 def test_a_partial_file_made_by_other_code_is_not_resumed(tmp_path, data, monkeypatch):
     """The partial file's key holds the package's source fingerprint: after a code change (here
     simulated) the stage starts afresh instead of mixing old and new records."""
-    import robust_abstain.train as train
+    import robust_abstain.digests as train
     x, y, idx = data
     with pytest.raises(RuntimeError, match="simulated crash"):
         _run(tmp_path, "res.csv", Linear2(fail_after=60), x, y, idx)

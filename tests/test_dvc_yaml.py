@@ -6,16 +6,20 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+
+from robust_abstain.dag import pipeline_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "robust_abstain"
-#: infrastructure that does not compute a stage's numbers (error types, params reading, atomic file
-#: writing, optional-package shims, dvclive logging); and data/, whose loading code is reached
+#: infrastructure that does not compute a stage's numbers (error types, params reading and the
+#: pipeline section, atomic file writing, optional-package shims, dvclive logging); and data/, whose
+#: loading code is reached
 #: through data/prepared.pt, itself a dependency (the synthetic stage lists data/synthetic.py).
 #: Everything else a stage imports must be one of its deps; the package's __init__.py (CPU kernel
 #: pinning) and stage.py (thread count) change numbers, so every stage lists them.
-NOT_DEPS = {"errors.py", "params.py", "io.py", "compat.py", "live.py"}
+NOT_DEPS = {"errors.py", "params.py", "dag.py", "io.py", "compat.py", "live.py"}
 
 
 def _module_file(name: str) -> Path | None:
@@ -94,6 +98,37 @@ def test_every_python_stage_depends_on_the_cpu_pinning():
             assert {"src/robust_abstain/__init__.py", "src/robust_abstain/stage.py"} <= set(deps), name
 
 
+def _param(params: dict, ref: str):
+    """The value of ``${a.b.c}`` in ``params``."""
+    v = params
+    for part in ref.strip("${}").split("."):
+        v = v[part]
+    return v
+
+
+@pytest.mark.parametrize("profile", ["params.yaml", "params-paper.yaml", "params-full.yaml"])
+def test_each_profile_lists_the_models_its_sweeps_and_seeds_imply(profile):
+    """dvc.yaml's stages run over the ``pipeline`` section; it must be what ``sweep``, ``seeds`` and
+    ``cert_sweep`` imply (``python scripts/sync_pipeline.py`` writes it)."""
+    params = yaml.safe_load((ROOT / profile).read_text())
+    assert params["pipeline"] == pipeline_section(params), f"run: python scripts/sync_pipeline.py {profile}"
+
+
+def test_sync_pipeline_rewrites_only_the_pipeline_section(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text()
+    path.write_text(text.replace("seeds: [0] ", "seeds: [0, 1]"))
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_pipeline.py"), str(path)], check=True)
+    params = yaml.safe_load(path.read_text())
+    assert set(params["pipeline"]["finetune"]) >= {"headline-s0", "headline-s1"}
+    assert params["pipeline"]["adaptive"]["headline-s1"] == {"model": "models/finetune/headline/s1.pt",
+                                                             "records": "headline/s1"}
+    before, after = text.split("\npipeline:")[0], path.read_text().split("\npipeline:")[0]
+    assert after == before.replace("seeds: [0] ", "seeds: [0, 1]")
+
+
 def test_dvc_lock_holds_only_stages_of_dvc_yaml():
     """Stage names in dvc.lock (``name@key``) belong to a stage group of dvc.yaml with that key."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -104,16 +139,13 @@ def test_dvc_lock_holds_only_stages_of_dvc_yaml():
         if "foreach" in body:
             fe = body["foreach"]
             if isinstance(fe, str):
-                fe = params[fe.strip("${}")]
+                fe = _param(params, fe)
             return {str(k) for k in fe}
         if "matrix" in body:
             axes = []
             for v in body["matrix"].values():
                 if isinstance(v, str):
-                    sec, *rest = v.strip("${}").split(".")
-                    v = params[sec]
-                    for r in rest:
-                        v = v[r]
+                    v = _param(params, v)
                 axes.append([str(k) for k in v])
             out = {""}
             for ax in axes:

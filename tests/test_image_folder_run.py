@@ -19,14 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from robust_abstain import train as train_mod
+from robust_abstain.training import loop as train_mod
 from robust_abstain.data import prepare
 from robust_abstain.models.checkpoint import load_model
 from robust_abstain.params import load_params
-from robust_abstain.pipeline import train_model
+from robust_abstain.training import train_model
 from robust_abstain.report.build import ModelInfo
 from robust_abstain.report.claims import accuracy_warnings
-from robust_abstain.train import WARN_NAT_DROP
+from robust_abstain.training import WARN_NAT_DROP
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES, PER_CLASS_TRAIN, PER_CLASS_TEST, SIZE = 10, 40, 10, 16

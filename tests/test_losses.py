@@ -11,7 +11,7 @@ from scipy.stats import norm
 from torch import nn
 
 from robust_abstain.errors import ParamError
-from robust_abstain.losses import (LOSSES, LossConfig, _noisy, cra_loss, era_term, kl_div, macer_radius,
+from robust_abstain.losses import (LOSSES, LossConfig, noisy_copies, cra_loss, era_term, kl_div, macer_radius,
                                    mart_loss, most_likely_other, soft_inaccuracy, trades_terms)
 from robust_abstain.models.nets import build_model
 
@@ -238,7 +238,7 @@ def test_mart_weight_is_not_detached():
 
 def test_noisy_draws_from_the_generator_in_the_documented_layout():
     x = torch.rand(3, 2)
-    out = _noisy(x, 4, 0.5, torch.Generator().manual_seed(3))
+    out = noisy_copies(x, 4, 0.5, torch.Generator().manual_seed(3))
     eta = torch.randn(12, 2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(out, x.repeat_interleave(4, 0) + 0.5 * eta)
 
@@ -246,8 +246,8 @@ def test_noisy_draws_from_the_generator_in_the_documented_layout():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_noisy_accepts_a_cpu_generator_for_cuda_inputs():
     x = torch.rand(3, 2)
-    a = _noisy(x.cuda(), 4, 0.5, torch.Generator().manual_seed(3))
-    b = _noisy(x, 4, 0.5, torch.Generator().manual_seed(3))
+    a = noisy_copies(x.cuda(), 4, 0.5, torch.Generator().manual_seed(3))
+    b = noisy_copies(x, 4, 0.5, torch.Generator().manual_seed(3))
     assert a.device.type == "cuda" and torch.allclose(a.cpu(), b)
 
 
@@ -257,7 +257,7 @@ def test_every_loss_is_finite_and_differentiable(name):
     model = build_model("mlp", (2,), 3, [0.5, 0.5], [0.3, 0.3])
     x, y = torch.rand(8, 2), torch.randint(0, 3, (8,))
     cfg = LossConfig(name, beta=0.5, eps=0.05, pgd_steps=2, k=4)
-    loss, stats = LOSSES[name](model, x, y, cfg, torch.Generator().manual_seed(0))
+    loss, stats = LOSSES[name].fn(model, x, y, cfg, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss.dim() == 0
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -270,8 +270,8 @@ def test_losses_are_reproducible_with_a_generator():
     x, y = torch.rand(8, 2), torch.randint(0, 3, (8,))
     for name in ("era", "cra", "dga"):
         cfg = LossConfig(name, beta=0.5, eps=0.05, pgd_steps=3, k=4)
-        a = LOSSES[name](model, x, y, cfg, torch.Generator().manual_seed(1))[0]
-        b = LOSSES[name](model, x, y, cfg, torch.Generator().manual_seed(1))[0]
+        a = LOSSES[name].fn(model, x, y, cfg, torch.Generator().manual_seed(1))[0]
+        b = LOSSES[name].fn(model, x, y, cfg, torch.Generator().manual_seed(1))[0]
         assert a.item() == b.item()
 
 
@@ -279,8 +279,8 @@ def test_era_shared_variant_runs_and_differs():
     torch.manual_seed(0)
     model = build_model("mlp", (2,), 3, [0.5, 0.5], [0.3, 0.3])
     x, y = torch.rand(16, 2), torch.randint(0, 3, (16,))
-    a = LOSSES["era"](model, x, y, LossConfig("era", eps=0.1, pgd_steps=3), torch.Generator().manual_seed(0))[0]
-    b = LOSSES["era"](model, x, y, LossConfig("era", eps=0.1, pgd_steps=3, era_variant="shared"),
+    a = LOSSES["era"].fn(model, x, y, LossConfig("era", eps=0.1, pgd_steps=3), torch.Generator().manual_seed(0))[0]
+    b = LOSSES["era"].fn(model, x, y, LossConfig("era", eps=0.1, pgd_steps=3, era_variant="shared"),
                       torch.Generator().manual_seed(0))[0]
     assert torch.isfinite(b) and a.item() != b.item()
 
@@ -297,4 +297,4 @@ def test_era_shared_variant_runs_and_differs():
 ])
 def test_bad_loss_params(params, msg):
     with pytest.raises(ParamError, match=msg):
-        LossConfig.from_params(params)
+        LossConfig.from_params(params, "loss")

@@ -8,12 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robust_abstain import metrics as M
+import torch
+
+from robust_abstain.analysis import metrics as M
+from robust_abstain.analysis import records as R
+from robust_abstain.analysis.abstain import abstain_metrics, certified_abstain_metrics, pareto_front
+from robust_abstain.analysis.records import ABSTAIN
+from robust_abstain.analysis.selectors import (SELECTORS, TAU_GRID, Selection, SelectorSpec, cri, eri,
+                                               selections, selector_grid, softmax_response,
+                                               softmax_response_sweep)
 from robust_abstain.errors import DataError, ParamError
-from robust_abstain.records import ABSTAIN
-from robust_abstain.selectors import (TAU_GRID, Selection, abstain_metrics, certified_abstain_metrics,
-                                      cri, eri, pareto_front, softmax_response,
-                                      softmax_response_sweep)
 
 
 def empirical_ten() -> pd.DataFrame:
@@ -97,12 +101,12 @@ def test_eri_two_eps_rule():
     assert s.selected[2] and not s.robustly_selected[2]
     assert s.selection_rate == pytest.approx(0.6)
     assert s.robust_selection == pytest.approx(0.4)
-    a = abstain_metrics(empirical_ten(), s)
-    assert a["rob_sel"] == pytest.approx(0.4)
-    assert a["rob_acc"] == pytest.approx(0.3)           # 100, 101, 109
-    assert a["rob_acc_on_sel"] == pytest.approx(0.75)
-    assert a["rob_inacc"] == pytest.approx(0.1)          # 105
-    assert a["nat_acc_on_sel"] == pytest.approx(4 / 6)
+    (a,) = abstain_metrics(empirical_ten(), [s])
+    assert a.rob_sel == pytest.approx(0.4)
+    assert a.rob_acc == pytest.approx(0.3)           # 100, 101, 109
+    assert a.rob_acc_on_sel == pytest.approx(0.75)
+    assert a.rob_inacc == pytest.approx(0.1)          # 105
+    assert a.nat_acc_on_sel == pytest.approx(4 / 6)
 
 
 def test_softmax_response_robust_selection_with_tau():
@@ -114,9 +118,9 @@ def test_softmax_response_robust_selection_with_tau():
     # (min of conf, sr_conf_1x, sr_conf_2x) is 0: 0.93, 5: 0.89 < 0.9 (at eps: worst case), 9: 0.91.
     # 2: APGD-CE flipped it at 2 eps (and APGD-conf reached 0.85); 3: APGD-CE flipped it at eps
     np.testing.assert_array_equal(np.flatnonzero(s.robustly_selected), [0, 9])
-    a = abstain_metrics(df, s)
-    assert a["selected"] == pytest.approx(0.5) and a["rob_sel"] == pytest.approx(0.2)
-    assert a["rob_acc_on_sel"] == pytest.approx(1.0) and a["rob_acc"] == pytest.approx(0.2)
+    (a,) = abstain_metrics(df, [s])
+    assert a.selected == pytest.approx(0.5) and a.rob_sel == pytest.approx(0.2)
+    assert a.rob_acc_on_sel == pytest.approx(1.0) and a.rob_acc == pytest.approx(0.2)
     # tau = 0 selects every point, yet robust selection still needs F robust on B_2eps by every
     # attack (an attack stops at its first flip, so its confidence there is no minimum): the 4
     # points 0, 1, 5, 9, as S_ERI
@@ -157,7 +161,7 @@ def attacks_six() -> pd.DataFrame:
 def test_robust_is_the_and_over_every_attack_run_at_scales_up_to_s():
     """Item 6: a point APGD-CE leaves at F(x) but APGD-conf moves is not robust; sr_pred = -1 is
     "not run" and counts as no evidence against robustness (APGD-CE's -1 would be a change)."""
-    from robust_abstain.records import robust
+    from robust_abstain.analysis.records import robust
     df = attacks_six()
     np.testing.assert_array_equal(robust(df, 1), [True, True, False, True, True, False])
     np.testing.assert_array_equal(robust(df, 2), [True, False, False, True, True, False])
@@ -172,7 +176,7 @@ def test_robust_is_the_and_over_every_attack_run_at_scales_up_to_s():
 
 
 def test_worst_confidence_is_the_nanmin_of_clean_and_every_attack():
-    from robust_abstain.records import worst_confidence
+    from robust_abstain.analysis.records import worst_confidence
     df = attacks_six()
     # scale 1: min(conf, adv_conf_1x, sr_conf_1x); scale 2 adds adv_conf_2x, sr_conf_2x; NaN skipped
     np.testing.assert_allclose(worst_confidence(df, 1), [0.90, 0.90, 0.30, 0.90, 0.90, 0.30])
@@ -191,8 +195,8 @@ def test_softmax_response_robust_selection_needs_apgd_ce_confidence_above_tau():
     np.testing.assert_array_equal(np.flatnonzero(softmax_response(df, 0.5).robustly_selected),
                                   [0, 3, 4])
     np.testing.assert_array_equal(np.flatnonzero(softmax_response(df, 0.85).robustly_selected), [0])
-    a = abstain_metrics(df, s)
-    assert a["rob_sel"] == pytest.approx(2 / 6) and a["rob_acc"] == pytest.approx(2 / 6)
+    (a,) = abstain_metrics(df, [s])
+    assert a.rob_sel == pytest.approx(2 / 6) and a.rob_acc == pytest.approx(2 / 6)
 
 
 def test_softmax_response_without_evidence_is_an_error():
@@ -225,10 +229,10 @@ def test_cri_sound_and_paper_rules():
     np.testing.assert_array_equal(np.flatnonzero(sound.robustly_selected), [0, 3])
     np.testing.assert_array_equal(np.flatnonzero(paper.robustly_selected), [0, 1, 3, 4])
     a = certified_abstain_metrics(df, sound)
-    assert a["rob_sel"] == pytest.approx(0.25) and a["rob_acc"] == pytest.approx(0.125)
-    assert a["rob_acc_on_sel"] == pytest.approx(0.5) and a["rob_inacc"] == pytest.approx(0.125)
+    assert a.rob_sel == pytest.approx(0.25) and a.rob_acc == pytest.approx(0.125)
+    assert a.rob_acc_on_sel == pytest.approx(0.5) and a.rob_inacc == pytest.approx(0.125)
     b = certified_abstain_metrics(df, paper)
-    assert b["rob_sel"] == pytest.approx(0.5) and b["rob_acc"] == pytest.approx(0.25)
+    assert b.rob_sel == pytest.approx(0.5) and b.rob_acc == pytest.approx(0.25)
     with pytest.raises(ParamError):
         cri(df, 0.25, "optimistic")
 
@@ -236,15 +240,15 @@ def test_cri_sound_and_paper_rules():
 def test_alignment_by_index_and_errors():
     df = empirical_ten()
     shuffled = df.sample(frac=1.0, random_state=0)
-    a, b = M.align(df, shuffled)
+    a, b = R.align(df, shuffled)
     pd.testing.assert_frame_equal(a, b)
     # a selection computed on shuffled records realigns to the original order
     s = eri(shuffled).aligned_to(df["index"].to_numpy()[::-1])
     np.testing.assert_array_equal(s.robustly_selected, eri(df).robustly_selected[::-1])
     with pytest.raises(DataError, match="different test points"):
-        M.align(df, df.iloc[:9])
+        R.align(df, df.iloc[:9])
     with pytest.raises(DataError, match="more than once"):
-        M.by_index(pd.concat([df, df.iloc[:1]]))
+        R.by_index(pd.concat([df, df.iloc[:1]]))
     with pytest.raises(DataError, match="robustly selected but not selected"):
         Selection("bad", np.arange(2), np.array([False, True]), np.array([True, True]))
 
@@ -253,3 +257,50 @@ def test_pareto_front():
     pts = [(0.1, 0.9), (0.2, 0.8), (0.2, 0.8), (0.15, 0.7), (float("nan"), 1.0), (0.3, 0.5)]
     assert pareto_front(pts) == [0, 1, 2, 5]
     assert pareto_front([]) == []
+
+
+def test_rates_1_2_from_per_point_outcomes_on_arrays_and_tensors():
+    """(1)/(2) by hand on the ten points of ``empirical_ten`` at eps: accurate 0-4, 9; robust 0, 1,
+    2, 5, 6, 9 -> R_nat 6/10, R_rob^acc 4/10 (0, 1, 2, 9), R_rob^-acc 2/10 (5, 6); the same as the
+    record-level functions, and on torch tensors (float32 means)."""
+    df = empirical_ten()
+    acc, rob = R.accurate(df), R.robust(df, 1)
+    assert M.rates(acc, rob) == pytest.approx((0.6, 0.4, 0.2))
+    assert M.rates(acc, rob) == (M.natural_accuracy(df), M.robust_accuracy(df), M.robust_inaccuracy(df))
+    t = M.rates(torch.tensor(acc), torch.tensor(rob))
+    assert all(isinstance(v, float) for v in t) and t == pytest.approx((0.6, 0.4, 0.2))
+    with pytest.raises(DataError):
+        M.rates(np.array([], bool), np.array([], bool))
+
+
+def test_model_masks_are_the_splits_at_eps_and_2eps_in_index_order():
+    df = empirical_ten()
+    k = M.model_masks(df.iloc[::-1])
+    np.testing.assert_array_equal(k["nat_acc"], R.accurate(df))
+    for tag, s in (("", 1), ("_2x", 2)):
+        for name, mask in M.split_masks(df, s).items():
+            np.testing.assert_array_equal(k[name + tag], mask, err_msg=name + tag)
+    c = M.certified_model_masks(certified_eight(), 0.25, 0.5)
+    assert [c[x].mean() for x in ("nat_acc", "rob_acc", "rob_inacc", "rob_acc_2x", "rob_inacc_2x")] == \
+        pytest.approx([0.5, 0.25, 0.25, 0.125, 0.125])
+
+
+def test_selector_registry_drives_specs_names_and_grids():
+    """Each selector's metadata: the empirical ones are deployable (SelectorSpec), S_SR takes a
+    threshold and needs APGD-conf evidence, S_CRI is certified."""
+    assert list(SELECTORS) == ["ERI", "SR", "CRI"]
+    assert [k for k, s in SELECTORS.items() if s.threshold] == ["SR"]
+    assert [k for k, s in SELECTORS.items() if s.certified] == ["CRI"]
+    df = empirical_ten()
+    assert SelectorSpec("SR", 0.9).name == "SR@0.90" and SelectorSpec("ERI").name == "ERI"
+    for bad in (("CRI",), ("ERI", 0.5), ("SR",), ("SR", 1.5)):
+        with pytest.raises(ParamError):
+            SelectorSpec(*bad)
+    grid = selector_grid(df, np.array([0.5, 0.9]))
+    assert [s.name for s in grid] == ["ERI", "SR@0.50", "SR@0.90"]
+    sels = selections(grid, df)
+    assert [s.name for s in sels] == ["ERI", "SR@0.50", "SR@0.90"]
+    for spec, sel in zip(grid, sels):     # one sweep gives what each selector alone gives
+        np.testing.assert_array_equal(sel.robustly_selected, spec.selection(df).robustly_selected)
+    no_sr = df.assign(sr_conf_1x=np.nan, sr_conf_2x=np.nan)
+    assert [s.name for s in selector_grid(no_sr, np.array([0.5]))] == ["ERI"]

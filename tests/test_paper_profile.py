@@ -11,8 +11,8 @@ from robust_abstain.data import Prepared
 from robust_abstain.losses import LossConfig
 from robust_abstain.models.checkpoint import load_model
 from robust_abstain.models.zoo import build_zoo_architecture, zoo_path
-from robust_abstain.pipeline import sweep_entry, train_model
-from robust_abstain.train import TrainConfig
+from robust_abstain.training import sweep_entry, train_model
+from robust_abstain.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy.stats import beta as beta_dist
 
 from robust_abstain.errors import DataError, ParamError
-from robust_abstain.report import ModelInfo, build_report, model_metrics
+from robust_abstain.report import ModelInfo, build_report, metrics_json, model_metrics
 from robust_abstain.report import tables
 
 N = 200
@@ -306,3 +306,10 @@ def test_markdown_tables():
     mdf = model_metrics(zoo()[:2])
     out = tables.summary_table(mdf)
     assert "| core" in out and "R_rob^-acc (2ε)" in out
+
+
+def test_metrics_json_appends_figure_1_rates_rounded():
+    m = metrics_json({"n": 20, "core/nat_acc": 0.9},
+                     {"test": {"ERA": {"nat_acc": 0.123456, "rob_acc": 0.5}}, "train": {"TRADES": {"rob_inacc": 0.1}}})
+    assert list(m.items()) == [("n", 20), ("core/nat_acc", 0.9), ("synthetic/test/ERA/nat_acc", 0.1235),
+                               ("synthetic/test/ERA/rob_acc", 0.5), ("synthetic/train/TRADES/rob_inacc", 0.1)]

@@ -2,7 +2,7 @@
 epoch 2, then run again (it prints "resuming after epoch 1/2"), must end with the checkpoint of an
 uninterrupted run, bit for bit: for TRADES (`train.py base`), ERA (`finetune.py`) and CRA
 (`finetune.py --section cert_finetune`). The process kills itself at a fixed place
-(``RA_TEST_KILL_AT=2:3``: before batch 3 of epoch 2, see robust_abstain.train), so the test does
+(``RA_TEST_KILL_AT=2:3``: before batch 3 of epoch 2, see robust_abstain.training.loop), so the test does
 not depend on timing. Also: resume state is never in git."""
 import os
 import signal
@@ -21,9 +21,9 @@ ENV.pop("RA_TEST_KILL_AT", None)
 INIT = "init.pt"  # an untrained model to fine-tune from
 CASES = {  # loss -> (stage arguments, output)
     "trades": (["train.py", "base"], "models/base.pt"),
-    "era": (["finetune.py", "--key", "era-1", "--init", INIT], "models/finetune/era-1.pt"),
-    "cra": (["finetune.py", "--section", "cert_finetune", "--sweep", "cert_sweep", "--key", "cra-4",
-             "--init", INIT], "models/cert/cra-4.pt"),
+    "era": (["finetune.py", "--loss", "sweep.era-1", "--init", INIT], "models/finetune/era-1.pt"),
+    "cra": (["finetune.py", "--section", "cert_finetune", "--loss", "cert_sweep.cra-4", "--init", INIT],
+            "models/cert/cra-4.pt"),
 }
 
 
@@ -47,7 +47,7 @@ def project(tmp_path_factory) -> Path:
                    capture_output=True)
     from robust_abstain.data import load_prepared
     from robust_abstain.models.checkpoint import save_model
-    from robust_abstain.pipeline import model_spec
+    from robust_abstain.training import model_spec
     spec = model_spec({"arch": "cnn", "width": 4}, load_prepared(tmp / "data/prepared.pt"), "init")
     torch.manual_seed(0)
     save_model(spec.build(), spec, tmp / INIT)

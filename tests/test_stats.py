@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import beta
 
 from robust_abstain.errors import DataError, ParamError
-from robust_abstain.stats import Interval, paired_diff_ci, rate_ci
+from robust_abstain.analysis.stats import Interval, paired_diff_ci, rate_ci
 
 
 def outcomes(k: int, n: int) -> np.ndarray:

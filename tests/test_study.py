@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from robust_abstain.losses import LossConfig
-from robust_abstain.study import Run, plateau, run_curve
-from robust_abstain.train import TrainConfig, fit
+from robust_abstain.training.study import Run, plateau, run_curve
+from robust_abstain.training import TrainConfig, fit
 
 
 def test_plateau_is_the_first_checkpoint_staying_within_tol_of_the_last_value():

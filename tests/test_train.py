@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from robust_abstain import train as train_mod
+from robust_abstain.training import loop as train_mod
+from robust_abstain.training import resume as resume_mod
 from robust_abstain.errors import ParamError, TrainingDivergedError
 from robust_abstain.losses import LossConfig
 from robust_abstain.models.checkpoint import ModelSpec
-from robust_abstain.train import (STATE_DIR, EpochBatches, TrainConfig, fit, lr_at, sources_digest,
+from robust_abstain.training import (STATE_DIR, EpochBatches, TrainConfig, fit, lr_at, sources_digest,
                                   state_dir_for)
 
 SPEC = ModelSpec("mlp", (2,), 2, (0.5, 0.5), (0.29, 0.29), 16)
@@ -113,7 +114,7 @@ def test_a_state_made_with_other_data_is_removed_not_resumed(tiny_data, tmp_path
 def test_a_state_made_by_other_code_is_removed_not_resumed(tiny_data, tmp_path, monkeypatch, capsys):
     with pytest.raises(Killed):
         _fit(tiny_data, tmp_path, log=_kill_after_two, state="run.pt")
-    monkeypatch.setattr(train_mod, "source_fingerprint", lambda: "edited losses.py")
+    monkeypatch.setattr(resume_mod, "source_fingerprint", lambda: "edited losses.py")
     capsys.readouterr()
     _, hist = _fit(tiny_data, tmp_path, state="run.pt")
     assert "removing" in capsys.readouterr().out and len(hist) == 4
@@ -284,7 +285,7 @@ def test_equal_states_save_to_equal_bytes(tmp_path):
 def test_a_budget_in_steps_follows_the_data():
     """``steps`` fixes the optimiser steps whatever the training set's size: 240 points in batches
     of 64 are 4 batches an epoch, so 10 steps are two whole epochs and a third cut to 2 batches."""
-    from robust_abstain.train import budget
+    from robust_abstain.training import budget
     plan = budget(TrainConfig(epochs=50, steps=10, batch_size=64), 240)
     assert (plan.epochs, plan.last_batches) == (3, 2)
     assert budget(TrainConfig(epochs=50, steps=8, batch_size=64), 240).last_batches is None

@@ -2,12 +2,14 @@
 
 Equations are numbered as in Merkli et al., "Avoiding Robust Misclassifications for Improved
 Robustness without Accuracy Loss". Each lives in one place:
-    (4) ERA, (5) TRADES, (18) DGA, MART ............ losses.py
-    (7) CRA, (8) L_noise, (9) certified radius CR .. losses.py
-    (10)/(14) S_ERI, (11) S_CRI, (13) S_SR .......... selectors.py
-    (12) H = S F_robust + (1 - S) F_core ........... compose.py
+    (4) ERA, (5) TRADES, (18) DGA, MART ............ losses/adversarial.py
+    (7) CRA, (8) L_noise, (9) certified radius CR .. losses/smoothing.py
+    (10)/(14) S_ERI, (11) S_CRI, (13) S_SR .......... analysis/selectors.py (abstain models: analysis/abstain.py)
+    (12) H = S F_robust + (1 - S) F_core ........... analysis/compose.py
     (17) APGD-conf objective ....................... attacks/apgd.py
-    (1)/(2) R_nat, R_rob^acc, R_rob^-acc ........... metrics.py
+    (1)/(2) R_nat, R_rob^acc, R_rob^-acc ........... analysis/metrics.py
+    PREDICT / CERTIFY (Cohen et al.) .............. evaluation/smoothing.py
+The README's "Library" section has the full table and how to add a loss, attack, dataset or selector.
 """
 
 import os as _os

@@ -4,6 +4,7 @@ inaccuracy under 40-step APGD."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -14,11 +15,37 @@ import numpy as np
 import torch
 
 from .data import Prepared
-from .evaluate import natural
+from .evaluation.empirical import natural
+from .analysis.metrics import rates
 from .attacks.apgd import worst_case_predictions
 from .losses import LossConfig
 from .models.checkpoint import ModelSpec
-from .train import TrainConfig, fit
+from .params import Section, count, non_negative, positive
+from .training import TrainConfig, fit
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(Section):
+    """The ``synthetic`` section: the 3-Gaussians data (``data``, see data/synthetic.py), the threat
+    model, and the training of the three models of Figure 1."""
+
+    seed: int
+    eps: float
+    data: dict
+    pgd_steps: int
+    trades_beta: float
+    era_beta: float
+    train: dict
+    finetune: dict
+
+    def validate(self, prefix: str) -> None:
+        count(self.seed, f"{prefix}.seed", min=0)
+        positive(self.eps, f"{prefix}.eps")
+        count(self.pgd_steps, f"{prefix}.pgd_steps")
+        non_negative(self.trades_beta, f"{prefix}.trades_beta")
+        non_negative(self.era_beta, f"{prefix}.era_beta")
+        TrainConfig.from_params(self.train, f"{prefix}.train")
+        TrainConfig.from_params(self.finetune, f"{prefix}.finetune")
 
 
 def train_synthetic_models(data: Prepared, eps: float, train: dict, finetune: dict, era_beta: float,
@@ -51,8 +78,9 @@ def robustness(model, x, y, eps, seed=0) -> dict:
     adv, _ = worst_case_predictions(model, x, pred, eps, norm="linf", steps=40, restarts=1,
                                     objective="ce", seed=seed, batch_size=1000, progress=False)
     robust, acc = adv == pred, pred == y
-    return {"nat_acc": acc.float().mean().item(), "rob_acc": (robust & acc).float().mean().item(),
-            "rob_inacc": (robust & ~acc).float().mean().item(), "robust": robust.numpy(), "acc": acc.numpy()}
+    nat_acc, rob_acc, rob_inacc = rates(acc, robust)
+    return {"nat_acc": nat_acc, "rob_acc": rob_acc, "rob_inacc": rob_inacc, "robust": robust.numpy(),
+            "acc": acc.numpy()}
 
 
 def _draw_points(ax, x: np.ndarray, y: np.ndarray, m: dict, colors: np.ndarray) -> None:

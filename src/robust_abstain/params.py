@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import MISSING, dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Type, TypeVar
@@ -13,6 +14,36 @@ import yaml
 from .errors import ParamError
 
 E = TypeVar("E", bound=Enum)
+S = TypeVar("S", bound="Section")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A params section as a typed config: subclass it as a frozen dataclass whose fields are the
+    section's keys and override :meth:`validate`. :meth:`from_params` rejects unknown keys (a typo
+    is an error, never a silent default) and keys the section must set (fields without a default:
+    params.yaml is where their values live, so code and params cannot disagree)."""
+
+    @classmethod
+    def from_params(cls: Type[S], p: Any, prefix: str) -> S:
+        if p is None:
+            p = {}
+        if not isinstance(p, dict):
+            raise ParamError(f"{prefix} must be a mapping, got {p!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(p) - set(known))
+        if unknown:
+            raise ParamError(f"{prefix}: unknown keys {unknown}; known: {sorted(known)}")
+        missing = [f.name for f in fields(cls) if f.name not in p
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ParamError(f"{prefix} lacks {missing}")
+        cfg = cls(**p)
+        cfg.validate(prefix)
+        return cfg
+
+    def validate(self, prefix: str) -> None:
+        """Raise :class:`ParamError` naming ``prefix.key`` for a value out of range."""
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> dict:

@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Callable
 
-from .errors import RobustAbstainError
+from .dag import pipeline_section
+from .errors import ParamError, RobustAbstainError
 from .params import load_params, section
 
 
@@ -31,7 +32,13 @@ def run(main: Callable[[], None]) -> None:
 
 
 def params(*names: str, path: str = "params.yaml") -> dict | tuple[dict, ...]:
-    """The named sections of params.yaml (a stage reads only its own sections)."""
+    """The named sections of params.yaml (a stage reads only its own sections). Refuses a params
+    file whose ``pipeline`` section (the models dvc.yaml's stages run on) is not the one its
+    ``sweep``, ``seeds`` and ``cert_sweep`` imply: a stage of a model the pipeline does not run
+    would be missing."""
     p = load_params(path)
+    if "pipeline" in p and p["pipeline"] != pipeline_section(p):
+        raise ParamError(f"{path}: the pipeline section does not list the models that sweep, seeds and "
+                         f"cert_sweep name; run: python scripts/sync_pipeline.py {path}")
     out = tuple(section(p, n) for n in names)
     return out[0] if len(out) == 1 else out

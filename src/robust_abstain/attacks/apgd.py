@@ -29,11 +29,13 @@ active batch, which is what makes this implementation faster than the reference;
 sample keeps being attacked and the misclassified point with the highest (17) is kept), else the
 point with the highest objective among the clean point and all iterates of all restarts.
 Samples already misclassified at ``x`` (``argmax f(x) != y``) are returned unchanged.
+
+This module holds the attack loop; the checkpoints, the step-size rule, a run's per-sample state
+and the returned points are kept in :mod:`.apgd_state`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
@@ -41,25 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ParamError
-from .pgd import check_eps, check_norm, check_steps, l2_norm, project
+from ..params import choice, count, non_negative, number, probability
+from .apgd_state import Iterates, StepSizeSchedule, Worst, checkpoints
+from .common import NORMS, channels_last_model, eval_mode, l2_norm, model_device, per_sample
+from .pgd import project
 
 OBJECTIVES = ("ce", "conf")
 MOMENTUM = 0.75
-
-
-def checkpoints(steps: int) -> list[int]:
-    """The APGD checkpoints ``w_1 < w_2 < ... <= steps`` (``w_j = ceil(p_j * steps)``, deduplicated).
-
-    ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; for 100 steps this
-    gives 22, 41, 57, 70, 80, 87, 93, 99 as in the paper."""
-    ws: list[int] = []
-    p_prev, p = 0.0, 0.22
-    while p <= 1.0 + 1e-9:
-        w = math.ceil(p * steps - 1e-9)
-        if w >= 1 and (not ws or w > ws[-1]):
-            ws.append(w)
-        p_prev, p = p, p + max(p - p_prev - 0.03, 0.06)
-    return ws
 
 
 def _objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
@@ -73,37 +63,6 @@ def _objective(logits: torch.Tensor, y: torch.Tensor, objective: str) -> torch.T
 def max_other_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(17): ``max_{c != y} softmax(logits)_c`` per row."""
     return F.softmax(logits, dim=1).scatter(1, y[:, None], 0.0).max(1).values
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _channels_last_model(model: nn.Module) -> bool:
-    cl = torch.channels_last
-    return any(p.dim() == 4 and p.is_contiguous(memory_format=cl) and not p.is_contiguous()
-               for p in model.parameters())
-
-
-class _EvalMode:
-    """Put every submodule in eval mode; restore each submodule's own previous mode on exit."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.modes: list[tuple[nn.Module, bool]] = []
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        for m, mode in self.modes:
-            m.training = mode
 
 
 class APGD:
@@ -123,11 +82,21 @@ class APGD:
         batch_size: samples attacked together.
         device: where to run; default the model's device. Results come back on ``x``'s device.
         progress: a tqdm bar over batches.
+        stop_when_fooled: drop a sample from the attack once it is misclassified; default True for
+            "ce" (a misclassified point is final) and False for "conf" (keep raising (17)).
 
     Guarantees of :meth:`perturb`: the model runs in eval mode during the attack and every
     submodule's previous mode is restored afterwards; no parameter ``.grad`` is touched; the result
     lies in the eps-ball around ``x`` and in [0, 1]; see the module docstring for which point is
     returned.
+
+    Examples::
+
+        >>> attack = APGD(model, norm="linf", eps=8 / 255, steps=100, objective="ce", seed=0)
+        >>> pred = model(x).argmax(1)
+        >>> x_adv = attack.perturb(x, pred)             # the worst point found per sample
+        >>> robust = model(x_adv).argmax(1) == pred
+        >>> x_adv, logits = attack.run(x, pred)         # and f(x_adv), from the attack's own pass
     """
 
     def __init__(self, model: nn.Module, norm: str = "linf", eps: float | None = None, steps: int = 40,
@@ -137,29 +106,16 @@ class APGD:
         if eps is None:
             raise ParamError("APGD needs eps (the threat-model radius)")
         self.model = model
-        self.norm = check_norm(norm)
-        self.eps = check_eps(eps)
-        self.steps = check_steps(steps)
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ParamError(f"restarts must be an integer >= 1, got {restarts!r}")
-        self.restarts = restarts
-        if objective not in OBJECTIVES:
-            raise ParamError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
-        self.objective = objective
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 <= rho <= 1:
-            raise ParamError(f"rho must be a number in [0, 1], got {rho!r}")
-        self.rho = float(rho)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParamError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ParamError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.norm = choice(norm, "norm", NORMS)
+        self.eps = non_negative(eps, "eps")
+        self.steps = count(steps, "steps", min=0)
+        self.restarts = count(restarts, "restarts")
+        self.objective = choice(objective, "objective", OBJECTIVES)
+        self.rho = probability(rho, "rho")
+        self.seed = number(seed, "seed", integer=True)
+        self.batch_size = count(batch_size, "batch_size")
         self.device = torch.device(device) if device is not None else None
         self.progress = progress
-        # "ce": a misclassified point is final, so the sample leaves the batch (the speed-up).
-        # "conf": by default keep raising the other-class confidence of misclassified samples;
-        # ``stop_when_fooled=True`` drops them too (enough when only "was F(x) kept?" matters).
         self.stop_when_fooled = objective == "ce" if stop_when_fooled is None else bool(stop_when_fooled)
         self._checkpoints = checkpoints(self.steps)
 
@@ -176,12 +132,12 @@ class APGD:
         same forward pass that found them, so ``argmax`` agrees exactly with the attack's verdict)."""
         self._check_inputs(x, y)
         out_device = x.device
-        device = self.device or _model_device(self.model)
+        device = self.device or model_device(self.model)
         x = x.detach().to(device, torch.float32)
         y = y.detach().to(device, torch.long)
         gen = torch.Generator().manual_seed(self.seed)
         xs, ls = [], []
-        with _EvalMode(self.model):
+        with eval_mode(self.model):
             for lo in self._batches(len(x)):
                 xb, lb = self._attack_batch(x[lo:lo + self.batch_size], y[lo:lo + self.batch_size], gen)
                 xs.append(xb)
@@ -208,7 +164,7 @@ class APGD:
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """Images in channels_last when the model's convolutions are (faster on CPU, bench/);
         for a model in the default layout channels_last inputs were slower, so keep them as is."""
-        if x.dim() == 4 and _channels_last_model(self.model):
+        if x.dim() == 4 and channels_last_model(self.model):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -232,121 +188,70 @@ class APGD:
         shape = (x.shape[0], *x.shape[1:])
         if self.norm == "linf":
             t = torch.rand(shape, generator=gen) * 2 - 1
-            t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            t = t / per_sample(t.flatten(1).abs().amax(1).clamp_min(1e-12), x)
         else:
             t = torch.randn(shape, generator=gen)
-            t = t / l2_norm(t).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            t = t / per_sample(l2_norm(t).clamp_min(1e-12), x)
         return project(x + self.eps * t.to(x.device, x.dtype), x, self.eps, self.norm)
 
-    def _step(self, x: torch.Tensor, grad: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            d = grad.sign()
-        else:
-            d = grad / l2_norm(grad).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        return x + step.view(-1, *([1] * (x.dim() - 1))) * d
+    def _next_iterate(self, s: Iterates, first: bool) -> torch.Tensor:
+        """``z = P(x^k + eta s(grad))``; then ``x^(k+1) = z`` on the first step, else
+        ``P(x^k + alpha (z - x^k) + (1 - alpha)(x^k - x^(k-1)))``."""
+        with torch.no_grad():
+            if self.norm == "linf":
+                d = s.grad.sign()
+            else:
+                d = s.grad / per_sample(l2_norm(s.grad).clamp_min(1e-12), s.grad)
+            z = project(s.x + per_sample(s.step, s.x) * d, s.x0, self.eps, self.norm)
+            if first:
+                return z
+            return project(s.x + MOMENTUM * (z - s.x) + (1 - MOMENTUM) * (s.x - s.x_prev),
+                           s.x0, self.eps, self.norm)
 
     def _attack_batch(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self._layout(x)
         with torch.no_grad():
             logits0 = self.model(x)
-        # The returned point per sample, whether it is misclassified, and its objective.
-        out_x = x.clone()
-        out_logits = logits0.clone()
-        out_fooled = logits0.argmax(1) != y
-        out_f = _objective(logits0, y, self.objective)
+        worst = Worst(x.clone(), logits0.clone(), fooled=logits0.argmax(1) != y,
+                      f=_objective(logits0, y, self.objective))
         if self.eps == 0 or self.steps == 0:
-            return out_x, out_logits
+            return worst.x, worst.logits
         for _ in range(self.restarts):
-            todo = (~out_fooled).nonzero().squeeze(1)
+            todo = (~worst.fooled).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            self._single_run(x, y, todo, gen, out_x, out_logits, out_fooled, out_f)
-        return out_x, out_logits
+            self._run_once(x, y, todo, gen, worst)
+        return worst.x, worst.logits
 
-    def _single_run(self, x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor,
-                    gen: torch.Generator, out_x: torch.Tensor, out_logits: torch.Tensor,
-                    out_fooled: torch.Tensor, out_f: torch.Tensor) -> None:
-        """One APGD run on the samples ``idx``; updates the ``out_*`` tensors in place."""
-        eps, n_steps = self.eps, self.steps
-        x0, y = x_all[idx], y_all[idx]
-        gidx = idx  # global (within the batch) index of each active sample
-
-        def record(x_cur: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-            """Offer the current iterates as returned points; return the 'fooled now' mask."""
-            fooled = logits.argmax(1) != y
-            prev_fooled, prev_f = out_fooled[gidx], out_f[gidx]
-            better = (fooled & ~prev_fooled) | ((fooled == prev_fooled) & (f > prev_f))
-            if better.any():
-                b = better.nonzero().squeeze(1)
-                g = gidx[b]
-                out_x[g] = x_cur[b]
-                out_logits[g] = logits[b]
-                out_fooled[g] = fooled[b]
-                out_f[g] = f[b]
-            return fooled
-
-        x_cur = self._random_start(x0, gen)
-        f_cur, grad, logits = self._forward(x_cur, y, need_grad=True)
-        fooled = record(x_cur, f_cur, logits)
-
-        x_prev = x_cur.clone()
-        x_best, f_best, grad_best = x_cur.clone(), f_cur.clone(), grad.clone()
-        step = torch.full((len(x0),), 2.0 * eps, device=x0.device)
-        n_incr = torch.zeros(len(x0), device=x0.device)           # increases since last checkpoint
-        f_best_last = f_best.clone()                               # f_max at the last checkpoint
-        halved_last = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
-        ckpts = [w for w in self._checkpoints if w < n_steps]     # a checkpoint at N changes nothing
-        last_w = 0
-
-        for k in range(n_steps):
+    def _run_once(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, gen: torch.Generator,
+                  worst: Worst) -> None:
+        """One APGD run (Algorithm 1) on the batch rows ``rows``; every iterate is offered to ``worst``."""
+        # a random start in the ball, with its objective and gradient
+        x0, y = x[rows], y[rows]
+        x_start = self._random_start(x0, gen)
+        f, grad, logits = self._forward(x_start, y, need_grad=True)
+        fooled = worst.offer(rows, x_start, f, logits, y)
+        s = Iterates.start(rows, x0, y, x_start, f, grad, self.eps)
+        schedule = StepSizeSchedule(self._checkpoints, self.steps, self.rho)
+        for k in range(self.steps):
+            # samples already misclassified leave the run, if they may
             if self.stop_when_fooled and fooled.any():
                 keep = (~fooled).nonzero().squeeze(1)
                 if len(keep) == 0:
                     return
-                x0, y, gidx = x0[keep], y[keep], gidx[keep]
-                x_cur, x_prev, grad, f_cur = x_cur[keep], x_prev[keep], grad[keep], f_cur[keep]
-                x_best, f_best, grad_best = x_best[keep], f_best[keep], grad_best[keep]
-                step, n_incr, f_best_last = step[keep], n_incr[keep], f_best_last[keep]
-                halved_last = halved_last[keep]
+                s = s.take(keep)
+            # a step, with momentum from the second on
+            s.x_prev, s.x = s.x, self._next_iterate(s, first=k == 0)
+            # evaluate the new iterate (the gradient at the last one is never used)
+            f, grad, logits = self._forward(s.x, s.y, need_grad=k < self.steps - 1)
+            fooled = worst.offer(s.rows, s.x, f, logits, s.y)
             with torch.no_grad():
-                z = project(self._step(x_cur, grad, step), x0, eps, self.norm)
-                if k == 0:
-                    x_new = z
-                else:
-                    x_new = project(x_cur + MOMENTUM * (z - x_cur) + (1 - MOMENTUM) * (x_cur - x_prev),
-                                    x0, eps, self.norm)
-            x_prev, x_cur = x_cur, x_new
-            # The gradient at the last iterate is never used: forward only.
-            f_new, g_new, logits = self._forward(x_cur, y, need_grad=k < n_steps - 1)
-            fooled = record(x_cur, f_new, logits)
-            with torch.no_grad():
-                n_incr += (f_new > f_cur).float()
-                f_cur = f_new
-                if g_new is not None:
-                    grad = g_new
-                improved = f_new > f_best
-                if improved.any():
-                    f_best = torch.where(improved, f_new, f_best)
-                    m = improved.view(-1, *([1] * (x_cur.dim() - 1)))
-                    x_best = torch.where(m, x_cur, x_best)
-                    if g_new is not None:
-                        grad_best = torch.where(m, g_new, grad_best)
-                if ckpts and k + 1 == ckpts[0]:
-                    w = ckpts.pop(0)
-                    cond1 = n_incr < self.rho * (w - last_w)
-                    cond2 = ~halved_last & (f_best <= f_best_last)
-                    halve = cond1 | cond2
-                    if halve.any():
-                        step = torch.where(halve, step / 2, step)
-                        m = halve.view(-1, *([1] * (x_cur.dim() - 1)))
-                        x_cur = torch.where(m, x_best, x_cur)
-                        grad = torch.where(m, grad_best, grad)
-                        f_cur = torch.where(halve, f_best, f_cur)
-                    halved_last = halve
-                    f_best_last = f_best.clone()
-                    n_incr.zero_()
-                    last_w = w
+                s.observe(f, grad)
+                # at a checkpoint, halve the step size where progress stalled
+                halve = schedule.halve(k + 1, s)
+                if halve is not None:
+                    s.checkpoint(halve)
 
 
 def worst_case_predictions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,

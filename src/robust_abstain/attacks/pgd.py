@@ -7,7 +7,7 @@ class, ...); :func:`pgd` only knows inputs. Guarantees of :func:`pgd`:
 * it is detached and has ``x``'s shape, dtype and device;
 * gradients are taken with :func:`torch.autograd.grad` with respect to the input only, so no
   parameter ``.grad`` is created or changed;
-* the model's train/eval mode is not touched (that is the caller's job, see ``losses.eval_mode``);
+* the model's train/eval mode is not touched (that is the caller's job: :func:`~.common.eval_mode`);
 * randomness comes only from ``generator`` when one is given (same generator state -> same result);
   without one it comes from torch's global RNG;
 * ``eps == 0`` or ``steps == 0`` returns ``x.detach().clone()`` without calling the objective.
@@ -15,47 +15,14 @@ class, ...); :func:`pgd` only knows inputs. Guarantees of :func:`pgd`:
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
-from ..errors import ParamError
-
-NORMS = ("linf", "l2")
+from ..params import choice, count, non_negative
+from .common import NORMS, l2_norm, per_sample
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
-
-
-def check_norm(norm: str, key: str = "norm") -> str:
-    """Return the canonical lower-case norm name ('linf' or 'l2') or raise :class:`ParamError`."""
-    if isinstance(norm, str) and norm.lower() in NORMS:
-        return norm.lower()
-    raise ParamError(f"{key} must be one of {list(NORMS)}, got {norm!r}")
-
-
-def check_eps(eps: float, key: str = "eps") -> float:
-    """Return eps as a float if it is a finite number >= 0, else raise :class:`ParamError`."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ParamError(f"{key} must be a finite number >= 0, got {eps!r}")
-    return float(eps)
-
-
-def check_steps(steps: int, key: str = "steps") -> int:
-    """Return steps as an int if it is a whole number >= 0, else raise :class:`ParamError`."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not float(steps).is_integer() \
-            or steps < 0:
-        raise ParamError(f"{key} must be an integer >= 0, got {steps!r}")
-    return int(steps)
-
-
-def _view_per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
-
-
-def l2_norm(d: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 norm, shape [B]."""
-    return d.flatten(1).norm(p=2, dim=1)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf",
@@ -66,14 +33,14 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf"
     For ``x`` in [0, 1] the clamp only shrinks each coordinate of ``x_adv - x``, so the result is
     in the ball *and* in [0, 1] (for Linf this is the exact projection onto the intersection; for
     L2 it is a feasible point, not necessarily the nearest one). Works per sample along dim 0."""
-    norm = check_norm(norm)
+    norm = choice(norm, "norm", NORMS)
     delta = x_adv - x
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
         n = l2_norm(delta)
         factor = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
-        delta = delta * _view_per_sample(factor, delta)
+        delta = delta * per_sample(factor, delta)
     out = x + delta
     return out.clamp(0.0, 1.0) if clip else out
 
@@ -86,22 +53,22 @@ def random_init(x: torch.Tensor, eps: float, norm: str,
     direction (normalised Gaussian) and ``r ~ U[0, 1]`` per sample. The noise is drawn from
     ``generator`` on the generator's device (CPU by default), then moved to ``x``'s device, so a CPU
     generator gives the same start on every device."""
-    norm = check_norm(norm)
+    norm = choice(norm, "norm", NORMS)
     gdev = generator.device if generator is not None else x.device
     if norm == "linf":
         noise = (torch.rand(x.shape, generator=generator, device=gdev, dtype=x.dtype) * 2 - 1) * eps
     else:
         d = torch.randn(x.shape, generator=generator, device=gdev, dtype=x.dtype)
         r = torch.rand(x.shape[0], generator=generator, device=gdev, dtype=x.dtype)
-        d = d / _view_per_sample(l2_norm(d).clamp_min(1e-12), d)
-        noise = d * _view_per_sample(r * eps, d)
+        d = d / per_sample(l2_norm(d).clamp_min(1e-12), d)
+        noise = d * per_sample(r * eps, d)
     return project(x + noise.to(x.device), x, eps, norm)
 
 
 def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "linf":
         return grad.sign()
-    return grad / _view_per_sample(l2_norm(grad).clamp_min(1e-12), grad)
+    return grad / per_sample(l2_norm(grad).clamp_min(1e-12), grad)
 
 
 def pgd(objective: Objective, x: torch.Tensor, eps: float, steps: int, step_size: float | None = None,
@@ -126,14 +93,13 @@ def pgd(objective: Objective, x: torch.Tensor, eps: float, steps: int, step_size
     Returns:
         The last iterate, detached, in the ball around ``x`` and in [0, 1] (see module docstring).
     """
-    eps = check_eps(eps)
-    steps = check_steps(steps)
-    norm = check_norm(norm)
+    eps = non_negative(eps, "eps")
+    steps = count(steps, "steps", min=0)
+    norm = choice(norm, "norm", NORMS)
     if step_size is None:
         step_size = 2.5 * eps / steps if steps > 0 else 0.0
-    elif isinstance(step_size, bool) or not isinstance(step_size, (int, float)) \
-            or not math.isfinite(step_size) or step_size < 0:
-        raise ParamError(f"step_size must be a finite number >= 0 or None, got {step_size!r}")
+    else:
+        step_size = non_negative(step_size, "step_size")
     x = x.detach()
     if eps == 0 or steps == 0:
         return x.clone()

@@ -8,8 +8,8 @@ set. Images are stored as uint8 to keep the DVC cache small and converted to flo
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,39 @@ from torch.utils.data import TensorDataset
 
 from ..errors import DataError, ParamError
 from ..io import load_checkpoint, save_checkpoint
-from ..params import count
+from ..params import Section, choice, count
 
 
-class DatasetName(str, Enum):
-    SYNTHETIC = "synthetic"          # the paper's Figure 1: 3 Gaussians in 2-D
-    FASHION_MNIST = "fashion_mnist"
-    CIFAR10 = "cifar10"
-    CIFAR100 = "cifar100"
-    MTSD = "mtsd"                    # Mapillary traffic-sign crops (see data/mtsd.py)
-    IMAGE_FOLDER = "image_folder"    # any root/{train,test}/<class>/<image> tree
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset: ``loader(*args, cfg, seed) -> Prepared`` in the submodule ``module`` (imported on
+    use, so a dataset's own dependencies load only when it is chosen); ``cfg`` is its params section
+    ``data.<name>``."""
+
+    module: str
+    loader: str
+    description: str
+    keys: tuple[str, ...]            # the keys its params section may hold (others are an error)
+    args: tuple = ()
+
+
+#: Adding a dataset: a module here with its loader, one entry below, a ``data.<name>`` section in a
+#: params file and a test (see tests/test_data_paper.py).
+DATASETS: dict[str, DatasetSpec] = {
+    "synthetic": DatasetSpec("synthetic", "prepare_synthetic", "the paper's Figure 1: 3 Gaussians in 2-D",
+                             ("n", "n_test", "val_fraction", "centers", "std", "weights")),
+    "fashion_mnist": DatasetSpec("fashion_mnist", "prepare_fashion_mnist", "Fashion-MNIST (the default)",
+                                 ("root", "download_root", "val_fraction", "n_train", "n_val", "n_test")),
+    "cifar10": DatasetSpec("cifar", "prepare_cifar", "CIFAR-10", ("root", "download", "val_fraction", "n_train", "n_val", "n_test"),
+                           ("cifar10",)),
+    "cifar100": DatasetSpec("cifar", "prepare_cifar", "CIFAR-100", ("root", "download", "val_fraction", "n_train", "n_val", "n_test"),
+                            ("cifar100",)),
+    "mtsd": DatasetSpec("mtsd", "prepare_mtsd", "Mapillary traffic-sign crops (see data/mtsd.py)",
+                        ("root", "size", "lambda", "slack", "min_per_class", "val_fraction", "n_train", "n_val", "n_test")),
+    "image_folder": DatasetSpec("image_folder", "prepare_image_folder",
+                                "any root/{train,test}/<class>/<image> tree",
+                                ("root", "name", "size", "val_fraction", "n_train", "n_val", "n_test")),
+}
 
 
 @dataclass
@@ -90,27 +113,38 @@ def subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg: dict[str, Any], prefix: 
 
 
 def prepare(name: str, cfg: dict[str, Any], seed: int) -> Prepared:
-    """Build the named dataset from its source. ``cfg`` is the dataset's params section."""
-    try:
-        dn = DatasetName(name)
-    except ValueError:
-        raise ParamError(f"unknown dataset {name!r}; choose one of {[d.value for d in DatasetName]}") from None
-    if dn is DatasetName.SYNTHETIC:
-        from .synthetic import prepare_synthetic
-        return prepare_synthetic(cfg, seed)
-    if dn is DatasetName.FASHION_MNIST:
-        from .fashion_mnist import prepare_fashion_mnist
-        return prepare_fashion_mnist(cfg, seed)
-    if dn in (DatasetName.CIFAR10, DatasetName.CIFAR100):
-        from .cifar import prepare_cifar
-        return prepare_cifar(dn.value, cfg, seed)
-    if dn is DatasetName.MTSD:
-        from .mtsd import prepare_mtsd
-        return prepare_mtsd(cfg, seed)
-    if dn is DatasetName.IMAGE_FOLDER:
-        from .image_folder import prepare_image_folder
-        return prepare_image_folder(cfg, seed)
-    raise AssertionError(dn)
+    """Build the named dataset (a key of :data:`DATASETS`) from its source. ``cfg`` is the dataset's
+    params section."""
+    if name not in DATASETS:
+        raise ParamError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
+    spec = DATASETS[name]
+    unknown = sorted(set(cfg) - set(spec.keys))
+    if unknown:
+        raise ParamError(f"{name}: unknown keys {unknown}; known: {sorted(spec.keys)}")
+    loader = getattr(importlib.import_module(f"{__name__}.{spec.module}"), spec.loader)
+    return loader(*spec.args, cfg, seed)
+
+
+@dataclass(frozen=True)
+class DataConfig(Section):
+    """The ``data`` section: which dataset, its split seed, and one section per dataset (only the
+    chosen one is read)."""
+
+    dataset: str
+    seed: int
+    synthetic: dict | None = None
+    fashion_mnist: dict | None = None
+    cifar10: dict | None = None
+    cifar100: dict | None = None
+    mtsd: dict | None = None
+    image_folder: dict | None = None
+
+    def validate(self, prefix: str) -> None:
+        choice(self.dataset, f"{prefix}.dataset", DATASETS)
+        count(self.seed, f"{prefix}.seed", min=0)
+
+    def prepare(self) -> "Prepared":
+        return prepare(self.dataset, getattr(self, self.dataset) or {}, self.seed)
 
 
 def save_prepared(p: Prepared, path: str | Path) -> None:

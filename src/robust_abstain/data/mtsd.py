@@ -65,10 +65,10 @@ SLACK_MODES = ("per_side", "split")
 class Crop:
     """One kept object: where it is and the crop box (pixels, right/bottom exclusive)."""
 
+    box: tuple[int, int, int, int]   # left, top, right, bottom after slack and clipping
     image_key: str
     object_key: str
     label: str
-    box: tuple[int, int, int, int]   # left, top, right, bottom after slack and clipping
 
 
 def keep_object(obj: dict) -> bool:
@@ -153,7 +153,7 @@ def plan_crops(root: Path, keys: Iterable[str], seed: int, lam: float, mode: str
             if box[2] <= box[0] or box[3] <= box[1]:
                 stats["degenerate"] += 1
                 continue
-            crops.append(Crop(key, okey, str(obj["label"]), box))
+            crops.append(Crop(box, key, okey, str(obj["label"])))
     return crops
 
 

@@ -5,8 +5,10 @@ loaded with ``weights_only=True``."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -68,3 +70,19 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict]:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the architecture {spec}: {e}") from e
     return model.eval(), spec, st.get("meta", {})
+
+
+def weights_digest(model_or_state_dict: nn.Module | Mapping[str, Any]) -> str:
+    """sha256 (hex) of a model's weights: each state-dict entry's name and its tensor's bytes in
+    logical order (whatever the memory layout), a non-tensor entry (a module's extra state) by its
+    ``repr``. Equal for a model and its ``state_dict()``; the certified shards record it."""
+    state = (model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module)
+             else model_or_state_dict)
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(t).encode())
+    return h.hexdigest()

@@ -85,13 +85,13 @@ class CoreChoice:
 
     dataset: str
     source: str                 # "robustbench" or "train"
-    name: str                   # zoo name, or the models.nets Arch value to train
+    name: str                   # zoo name, or the models.nets ARCHS key to train
     threat_model: str | None = None
     note: str = ""
 
 
 #: Core-model choices. The authors trained their own WRN-28-10 (CIFAR-100) and ResNet-50 (MTSD)
-#: cores; ``models.nets`` offers ResNet-18 (``Arch.RESNET18``), trained by the ``train_core`` stage
+#: cores; ``models.nets`` offers ResNet-18 (``ARCHS["resnet18"]``), trained by the ``train_core`` stage
 #: with standard training (and AutoAugment for CIFAR, see data/augment.py).
 CORE_CHOICES: dict[str, CoreChoice] = {
     "cifar10": CoreChoice("cifar10", "robustbench", "Standard", "Linf",

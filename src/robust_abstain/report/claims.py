@@ -17,11 +17,13 @@ starting model's (the robust base), on the same validation points.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..records import accurate
+from ..analysis.records import accurate
+from .models import FINE_TUNED, ModelInfo
+from .summary import BASELINE
 from .tables import dci
 
 NAT_TOLERANCE = -0.005   # Table 1: "no loss of natural accuracy" within half a point
@@ -38,11 +40,12 @@ def _verdict(ok: bool) -> str:
 
 
 def era_vs_trades(m: dict[str, Any]) -> list[str]:
-    """One line per ERA model matched to a TRADES fine-tune (``vs_trades/<model>/...``)."""
-    names = sorted({k.split("/")[1] for k in m if k.startswith("vs_trades/") and k.count("/") == 2})
+    """One line per fine-tune matched to a TRADES fine-tune (``vs_trades/<model>/...``)."""
+    prefix = f"vs_{BASELINE}/"
+    names = sorted({k.split("/")[1] for k in m if k.startswith(prefix) and k.count("/") == 2})
     lines = []
     for n in names:
-        p = f"vs_trades/{n}/"
+        p = f"{prefix}{n}/"
         ok = m[p + "d_rob_inacc_1x_hi"] < 0
         lines.append(f"- {n}: Δ R_rob^-acc (ε) {_ci(m, p + 'd_rob_inacc_1x')}, (2ε) "
                      f"{_ci(m, p + 'd_rob_inacc_2x')}, at Δ R_rob^acc (ε) {_ci(m, p + 'd_rob_acc_1x')}: "
@@ -70,6 +73,8 @@ def composition_claim(m: dict[str, Any], prefix: str) -> list[str]:
 
 
 def certified_claim(m: dict[str, Any]) -> list[str]:
+    """One line per certified fine-tune against a fine-tune of its reference loss
+    (``certified/<model>-<reference>/...``)."""
     pairs = sorted({k.rsplit("/", 1)[0] for k in m if k.startswith("certified/") and k.endswith("/d_rob_inacc_r1")})
     lines = []
     for p in pairs:
@@ -79,7 +84,7 @@ def certified_claim(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def accuracy_warnings(models, warn_nat_drop: float) -> list[str]:
+def accuracy_warnings(models: Sequence[ModelInfo], warn_nat_drop: float) -> list[str]:
     """Fine-tuned models (roles sweep / headline) whose validation natural accuracy is more than
     ``warn_nat_drop`` below the robust base's on the same validation points."""
     base = next((mi for mi in models if mi.role == "base" and mi.val_records is not None), None)
@@ -88,7 +93,7 @@ def accuracy_warnings(models, warn_nat_drop: float) -> list[str]:
     start = float(np.mean(accurate(base.val_records)))
     out = []
     for mi in models:
-        if mi.role in ("sweep", "headline") and mi.val_records is not None:
+        if mi.role in FINE_TUNED and mi.val_records is not None:
             drop = start - float(np.mean(accurate(mi.val_records)))
             if drop > warn_nat_drop + 1e-9:  # float rounding: 0.80 - 0.77 > 0.03
                 out.append(f"- **{mi.name}** loses {100 * drop:.1f} points of validation accuracy "
@@ -97,7 +102,7 @@ def accuracy_warnings(models, warn_nat_drop: float) -> list[str]:
     return out
 
 
-def claims_markdown(m: dict[str, Any], models, warn_nat_drop: float) -> str:
+def claims_markdown(m: dict[str, Any], models: Sequence[ModelInfo], warn_nat_drop: float) -> str:
     """reports/claims.md: each claim with its intervals and verdict, then the warnings."""
     parts = ["# The paper's questions, answered with intervals", "",
              "95 % intervals: paired bootstrap over test points for every Δ (stats.py). Every choice "

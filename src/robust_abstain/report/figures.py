@@ -19,15 +19,28 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..selectors import pareto_front  # noqa: E402
+from ..analysis.abstain import pareto_front  # noqa: E402
+from ..losses import LOSSES  # noqa: E402
+from .models import FINE_TUNED  # noqa: E402
 
-_LOSS_ORDER = ["trades", "era", "mart", "dga", "noise", "cra"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 
 
 def _losses(df: pd.DataFrame) -> list[str]:
+    """The losses in ``df``, in the registry's order (losses.LOSSES), unknown ones last."""
     present = list(dict.fromkeys(df["loss"].tolist()))
-    return sorted(present, key=lambda l: (_LOSS_ORDER.index(l) if l in _LOSS_ORDER else 99, l))
+    order = list(LOSSES)
+    return sorted(present, key=lambda l: (order.index(l) if l in order else 99, l))
+
+
+def _label(loss: str) -> str:
+    return LOSSES[loss].label if loss in LOSSES else loss.upper()
+
+
+def _kinds(df: pd.DataFrame, threshold: bool) -> list[tuple[str, pd.DataFrame]]:
+    """The selectors of ``df`` (column ``selector``) with a threshold or without, each with its rows."""
+    d = df[df["threshold"].astype(bool) == threshold]
+    return [(kind, d[d["selector"] == kind]) for kind in dict.fromkeys(d["selector"].tolist())]
 
 
 def _beta_label(b) -> str:
@@ -42,12 +55,11 @@ def _sort_beta(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(_b=df["beta"].astype(float)).sort_values(["_b", "name"], kind="stable")
 
 
-def _sr_models(df: pd.DataFrame) -> list[str]:
-    """Models whose SR curve is drawn: the base and headline models (all models if neither has
-    softmax-response evidence), so the figure stays readable."""
-    sr = df[df["selector"] == "SR"]
-    keep = list(dict.fromkeys(sr.loc[sr["role"].isin(["base", "headline"]), "model"].tolist()))
-    return keep or list(dict.fromkeys(sr["model"].tolist()))
+def _curve_models(curves: pd.DataFrame) -> list[str]:
+    """Models whose curve over tau is drawn: the base and headline models (all models if neither has
+    the selector's evidence), so the figure stays readable."""
+    keep = list(dict.fromkeys(curves.loc[curves["role"].isin(["base", "headline"]), "model"].tolist()))
+    return keep or list(dict.fromkeys(curves["model"].tolist()))
 
 
 def _legend(ax) -> None:
@@ -66,24 +78,24 @@ def rob_acc_vs_rob_inacc(mdf: pd.DataFrame, eps: float) -> Figure:
     (labelled with beta), connected per loss (TRADES vs ERA, MART/DGA if present); the robust base
     model as a black cross. Left panel at eps, right at 2 eps. ``mdf`` as for the summary table."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    tuned = mdf[mdf["role"].isin(["sweep", "headline"])]
+    tuned = mdf[mdf["role"].isin(FINE_TUNED)]
     base = mdf[mdf["role"] == "base"]
-    for ax, s, title in zip(axes, ("1x", "2x"), (f"ε = {eps:g}", f"2ε = {2 * eps:g}")):
+    for ax, s, title in zip(axes, ("", "_2x"), (f"ε = {eps:g}", f"2ε = {2 * eps:g}")):
         for i, loss in enumerate(_losses(tuned)):
             d = _sort_beta(tuned[tuned["loss"] == loss])
-            x, y = 100 * d[f"rob_inacc_{s}"].to_numpy(), 100 * d[f"rob_acc_{s}"].to_numpy()
-            ax.plot(x, y, label=loss.upper(), linewidth=1.2, markersize=6, **_style(i))
-            _bars(ax, d, f"rob_inacc_{s}", f"rob_acc_{s}", _style(i)["color"])
+            x, y = 100 * d[f"rob_inacc{s}"].to_numpy(), 100 * d[f"rob_acc{s}"].to_numpy()
+            ax.plot(x, y, label=_label(loss), linewidth=1.2, markersize=6, **_style(i))
+            _bars(ax, d, f"rob_inacc{s}", f"rob_acc{s}", _style(i)["color"])
             for xi, yi, b in zip(x, y, d["beta"]):
                 ax.annotate(_beta_label(b), (xi, yi), textcoords="offset points", xytext=(4, 3),
                             fontsize=7)
             head = d[d["role"] == "headline"]
-            ax.scatter(100 * head[f"rob_inacc_{s}"], 100 * head[f"rob_acc_{s}"], s=140,
+            ax.scatter(100 * head[f"rob_inacc{s}"], 100 * head[f"rob_acc{s}"], s=140,
                        facecolors="none", edgecolors="k", linewidths=1.2, zorder=5)
         for _, r in base.iterrows():
-            ax.scatter([100 * r[f"rob_inacc_{s}"]], [100 * r[f"rob_acc_{s}"]], marker="x", c="k",
+            ax.scatter([100 * r[f"rob_inacc{s}"]], [100 * r[f"rob_acc{s}"]], marker="x", c="k",
                        s=60, zorder=6, label=f"base ({r['name']})")
-        _bars(ax, base, f"rob_inacc_{s}", f"rob_acc_{s}", "k")
+        _bars(ax, base, f"rob_inacc{s}", f"rob_acc{s}", "k")
         _pct_axes(ax, "robust inaccuracy $R_{rob}^{-acc}$", "robust accuracy $R_{rob}^{acc}$")
         ax.set_title(title)
     _legend(axes[1])
@@ -106,36 +118,39 @@ def _bars(ax, d: pd.DataFrame, xkey: str, ykey: str, color: str) -> None:
 
 def selection_pareto(adf: pd.DataFrame) -> Figure:
     """Figure 3 analog: R_rob^sel (x) against robust accuracy on the selected points (y) of the
-    abstain models. Robustness-indicator selectors (ERI): one point per fine-tuned model, the
-    Pareto front over beta connected per loss, the base model as a black cross. Softmax response
-    (SR): one dashed curve over tau for the base and headline models. ``adf`` columns: model,
-    loss, beta, role, selector (``ERI`` or ``SR``), tau, rob_sel, rob_acc_on_sel."""
+    abstain models. Selectors without a threshold (ERI): one point per fine-tuned model, the Pareto
+    front over beta connected per loss, the base model as a black cross. Selectors with a threshold
+    (SR): one dashed curve over tau for the base and headline models. ``adf`` columns: model, loss,
+    beta, role, selector (its label), threshold (bool), tau, rob_sel, rob_acc_on_sel."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ri = adf[(adf["selector"] == "ERI") & adf["role"].isin(["sweep", "headline"])]
-    for i, loss in enumerate(_losses(ri)):
-        d = ri[ri["loss"] == loss].reset_index(drop=True)
-        st = _style(i)
-        ax.scatter(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], color=st["color"],
-                   marker=st["marker"], s=28, alpha=0.6)
-        front = pareto_front(list(zip(d["rob_sel"], d["rob_acc_on_sel"])))
-        if front:
-            f = d.iloc[front]
-            ax.plot(100 * f["rob_sel"], 100 * f["rob_acc_on_sel"],
-                    label=f"ERI, {loss.upper()} (front over β)", **st)
-        for _, r in d.iterrows():
-            if np.isfinite(r["rob_acc_on_sel"]):
-                ax.annotate(_beta_label(r["beta"]) or r["model"],
-                            (100 * r["rob_sel"], 100 * r["rob_acc_on_sel"]),
-                            textcoords="offset points", xytext=(4, 3), fontsize=7)
-    for _, r in adf[(adf["selector"] == "ERI") & (adf["role"] == "base")].iterrows():
-        ax.scatter([100 * r["rob_sel"]], [100 * r["rob_acc_on_sel"]], marker="x", c="k", s=60,
-                   zorder=6, label=f"ERI, base ({r['model']})")
-    sr = adf[adf["selector"] == "SR"]
-    for j, model in enumerate(_sr_models(adf)):
-        d = sr[sr["model"] == model].sort_values("tau")
-        d = d[np.isfinite(d["rob_acc_on_sel"].to_numpy(float))]
-        ax.plot(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], linestyle="--", linewidth=1.2,
-                color=f"C{(j + 5) % 10}", label=f"SR over τ ({model})")
+    for kind, k in _kinds(adf, threshold=False):
+        ri = k[k["role"].isin(FINE_TUNED)]
+        for i, loss in enumerate(_losses(ri)):
+            d = ri[ri["loss"] == loss].reset_index(drop=True)
+            st = _style(i)
+            ax.scatter(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], color=st["color"],
+                       marker=st["marker"], s=28, alpha=0.6)
+            front = pareto_front(list(zip(d["rob_sel"], d["rob_acc_on_sel"])))
+            if front:
+                f = d.iloc[front]
+                ax.plot(100 * f["rob_sel"], 100 * f["rob_acc_on_sel"],
+                        label=f"{kind}, {_label(loss)} (front over β)", **st)
+            for _, r in d.iterrows():
+                if np.isfinite(r["rob_acc_on_sel"]):
+                    ax.annotate(_beta_label(r["beta"]) or r["model"],
+                                (100 * r["rob_sel"], 100 * r["rob_acc_on_sel"]),
+                                textcoords="offset points", xytext=(4, 3), fontsize=7)
+        for _, r in k[k["role"] == "base"].iterrows():
+            ax.scatter([100 * r["rob_sel"]], [100 * r["rob_acc_on_sel"]], marker="x", c="k", s=60,
+                       zorder=6, label=f"{kind}, base ({r['model']})")
+    j = 0
+    for kind, curves in _kinds(adf, threshold=True):
+        for model in _curve_models(curves):
+            d = curves[curves["model"] == model].sort_values("tau")
+            d = d[np.isfinite(d["rob_acc_on_sel"].to_numpy(float))]
+            ax.plot(100 * d["rob_sel"], 100 * d["rob_acc_on_sel"], linestyle="--", linewidth=1.2,
+                    color=f"C{(j + 5) % 10}", label=f"{kind} over τ ({model})")
+            j += 1
     _pct_axes(ax, "robust selection $R_{rob}^{sel}$", "robust accuracy on selected")
     ax.set_title("Abstain models: robust selection vs robust accuracy (2ε rule)")
     _legend(ax)
@@ -146,34 +161,34 @@ def selection_pareto(adf: pd.DataFrame) -> Figure:
 def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | None = None) -> Figure:
     """Figure 4 analog: natural accuracy (y) against robust accuracy (x, the headline score: sound
     and not fooled by the adaptive attack) of the compositions (12) with the core model (a star),
-    with 95 % interval bars where ``cdf`` has ``_lo`` / ``_hi`` columns. ERI compositions of the
-    fine-tuned models connected over beta per loss, of the base model a black cross; SR
-    compositions (tau chosen on validation) as diamonds; the robust models alone as grey dots when
-    given. ``cdf`` columns: model, loss, beta, role, selector, tau, nat_acc, rob_acc; ``core``:
-    name, nat_acc, rob_acc."""
+    with 95 % interval bars where ``cdf`` has ``_lo`` / ``_hi`` columns. Compositions with a
+    selector without a threshold (ERI) of the fine-tuned models connected over beta per loss, of the
+    base model a black cross; with a threshold (SR, tau chosen on validation) as diamonds; the
+    robust models alone as grey dots when given. ``cdf`` columns: name, model, loss, beta, role,
+    selector, threshold, nat_acc, rob_acc; ``core``: name, nat_acc, rob_acc."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    eri = cdf[(cdf["selector"] == "ERI") & cdf["role"].isin(["sweep", "headline"])]
-    for i, loss in enumerate(_losses(eri)):
-        d = _sort_beta(eri[eri["loss"] == loss])
-        ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], label=f"core + ERI({loss.upper()})",
-                linewidth=1.2, **_style(i))
-        _bars(ax, d, "rob_acc", "nat_acc", _style(i)["color"])
-        for _, r in d.iterrows():
-            ax.annotate(_beta_label(r["beta"]) or r["model"], (100 * r["rob_acc"], 100 * r["nat_acc"]),
-                        textcoords="offset points", xytext=(4, 3), fontsize=7)
-        head = d[d["role"] == "headline"]
-        ax.scatter(100 * head["rob_acc"], 100 * head["nat_acc"], s=140, facecolors="none",
-                   edgecolors="k", linewidths=1.2, zorder=5)
-    for _, r in cdf[(cdf["selector"] == "ERI") & (cdf["role"] == "base")].iterrows():
-        ax.scatter([100 * r["rob_acc"]], [100 * r["nat_acc"]], marker="x", c="k", s=60, zorder=6,
-                   label=f"core + ERI(base: {r['model']})")
-    sr = cdf[cdf["selector"] == "SR"]
-    if len(sr):
-        ax.scatter(100 * sr["rob_acc"], 100 * sr["nat_acc"], marker="D", s=22, c="C6", zorder=4,
-                   label="core + SR (τ chosen on validation)")
-        _bars(ax, sr, "rob_acc", "nat_acc", "C6")
+    for kind, k in _kinds(cdf, threshold=False):
+        tuned = k[k["role"].isin(FINE_TUNED)]
+        for i, loss in enumerate(_losses(tuned)):
+            d = _sort_beta(tuned[tuned["loss"] == loss])
+            ax.plot(100 * d["rob_acc"], 100 * d["nat_acc"], label=f"core + {kind}({_label(loss)})",
+                    linewidth=1.2, **_style(i))
+            _bars(ax, d, "rob_acc", "nat_acc", _style(i)["color"])
+            for _, r in d.iterrows():
+                ax.annotate(_beta_label(r["beta"]) or r["model"], (100 * r["rob_acc"], 100 * r["nat_acc"]),
+                            textcoords="offset points", xytext=(4, 3), fontsize=7)
+            head = d[d["role"] == "headline"]
+            ax.scatter(100 * head["rob_acc"], 100 * head["nat_acc"], s=140, facecolors="none",
+                       edgecolors="k", linewidths=1.2, zorder=5)
+        for _, r in k[k["role"] == "base"].iterrows():
+            ax.scatter([100 * r["rob_acc"]], [100 * r["nat_acc"]], marker="x", c="k", s=60, zorder=6,
+                       label=f"core + {kind}(base: {r['model']})")
+    for kind, d in _kinds(cdf, threshold=True):
+        ax.scatter(100 * d["rob_acc"], 100 * d["nat_acc"], marker="D", s=22, c="C6", zorder=4,
+                   label=f"core + {kind} (τ chosen on validation)")
+        _bars(ax, d, "rob_acc", "nat_acc", "C6")
     if robust_models is not None and len(robust_models):
-        ax.scatter(100 * robust_models["rob_acc_1x"], 100 * robust_models["nat_acc"], c="0.6",
+        ax.scatter(100 * robust_models["rob_acc"], 100 * robust_models["nat_acc"], c="0.6",
                    marker=".", s=40, label="robust models alone")
     ax.scatter([100 * core["rob_acc"]], [100 * core["nat_acc"]], marker="*", s=260, c="gold",
                edgecolors="k", zorder=6, label=f"core ({core['name']})")

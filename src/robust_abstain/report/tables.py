@@ -1,4 +1,4 @@
-"""Markdown tables: pure functions, DataFrames / dicts in, a Markdown string out.
+"""Markdown tables: pure functions, DataFrames or typed rows in, a Markdown string out.
 
 Metrics arrive as fractions and are printed as percent with one decimal; changes are printed in
 percentage points with a sign. A tiny formatter is used instead of ``DataFrame.to_markdown`` so the
@@ -11,6 +11,8 @@ import math
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
+
+from ..analysis.stats import Interval
 
 DASH = "–"
 
@@ -91,31 +93,33 @@ def _ci(r: Any, key: str) -> str:
     return ci(r[key], r[f"{key}_lo"], r[f"{key}_hi"])
 
 
-def _dci(r: Any, key: str) -> str:
-    return dci(r[key], r[f"{key}_lo"], r[f"{key}_hi"])
+def _iv(x: Interval) -> str:
+    return ci(x.value, x.lo, x.hi)
+
+
+def _div(x: Interval | None) -> str:
+    return DASH if x is None else dci(x.value, x.lo, x.hi)
 
 
 def summary_table(mdf: pd.DataFrame) -> str:
     """Per model: R_nat (1), R_rob^acc (1) and R_rob^-acc (2) at eps and at 2 eps, each with its
     exact 95 % interval. ``mdf`` columns: name, loss, beta, role, and for each of nat_acc,
-    rob_acc_1x, rob_inacc_1x, rob_acc_2x, rob_inacc_2x the value and ``_lo`` / ``_hi``."""
+    rob_acc, rob_inacc, rob_acc_2x, rob_inacc_2x the value and ``_lo`` / ``_hi``."""
     headers = ["model", "loss", "β", "role", "R_nat", "R_rob^acc (ε)", "R_rob^-acc (ε)",
                "R_rob^acc (2ε)", "R_rob^-acc (2ε)"]
-    keys = ("nat_acc", "rob_acc_1x", "rob_inacc_1x", "rob_acc_2x", "rob_inacc_2x")
+    keys = ("nat_acc", "rob_acc", "rob_inacc", "rob_acc_2x", "rob_inacc_2x")
     rows = [[r["name"], r["loss"], num(r["beta"]), r["role"]] + [_ci(r, k) for k in keys]
             for _, r in mdf.iterrows()]
     return markdown(headers, rows, ["l", "l", "r", "l"] + ["r"] * 5)
 
 
-def matched_table(rows: Sequence[dict[str, Any]]) -> str:
-    """ERA (or another loss) against the TRADES model with the closest validation R_rob^acc:
-    paired test differences with 95 % paired-bootstrap intervals. Each row: name, match,
-    val_rob_acc, val_rob_acc_match, and d_rob_acc_1x, d_rob_inacc_1x, d_rob_inacc_2x with _lo/_hi."""
-    headers = ["model", "matched TRADES model", "R_rob^acc (ε) on val", "Δ R_rob^acc (ε)",
+def matched_table(pairs: Sequence[Any], baseline: str) -> str:
+    """Fine-tunes against the ``baseline`` fine-tune with the closest validation R_rob^acc: paired
+    test differences with 95 % paired-bootstrap intervals (summary.MatchedPair rows)."""
+    headers = ["model", f"matched {baseline} model", "R_rob^acc (ε) on val", "Δ R_rob^acc (ε)",
                "Δ R_rob^-acc (ε)", "Δ R_rob^-acc (2ε)"]
-    out = [[r["name"], r["match"], f"{pct(r['val_rob_acc'])} vs {pct(r['val_rob_acc_match'])}",
-            _dci(r, "d_rob_acc_1x"), _dci(r, "d_rob_inacc_1x"), _dci(r, "d_rob_inacc_2x")]
-           for r in rows]
+    out = [[p.name, p.match, f"{pct(p.val_rob_acc)} vs {pct(p.val_rob_acc_match)}",
+            _div(p.d_rob_acc_1x), _div(p.d_rob_inacc_1x), _div(p.d_rob_inacc_2x)] for p in pairs]
     return markdown(headers, out, ["l", "l", "r", "r", "r", "r"])
 
 
@@ -137,22 +141,22 @@ def seeds_table(sdf: pd.DataFrame) -> str:
 
 def splits_table(mdf: pd.DataFrame) -> str:
     """Tables 7/8 analog: the four splits (robust/non-robust x accurate/inaccurate, summing to
-    100 %) per model at eps and at 2 eps. ``mdf`` columns: name, and for s in (1x, 2x):
-    rob_acc_s, rob_inacc_s, nonrob_acc_s, nonrob_inacc_s."""
+    100 %) per model at eps and at 2 eps. ``mdf`` columns: name, and for s in ("", "_2x"):
+    rob_acc<s>, rob_inacc<s>, nonrob_acc<s>, nonrob_inacc<s>."""
     headers = ["model", "radius", "robust & accurate", "robust & inaccurate",
                "non-robust & accurate", "non-robust & inaccurate"]
     rows = []
     for _, r in mdf.iterrows():
-        for s, label in (("1x", "ε"), ("2x", "2ε")):
-            rows.append([r["name"], label, pct(r[f"rob_acc_{s}"]), pct(r[f"rob_inacc_{s}"]),
-                         pct(r[f"nonrob_acc_{s}"]), pct(r[f"nonrob_inacc_{s}"])])
+        for s, label in (("", "ε"), ("_2x", "2ε")):
+            rows.append([r["name"], label, pct(r[f"rob_acc{s}"]), pct(r[f"rob_inacc{s}"]),
+                         pct(r[f"nonrob_acc{s}"]), pct(r[f"nonrob_inacc{s}"])])
     return markdown(headers, rows, ["l", "l"] + ["r"] * 4)
 
 
 def abstain_table(adf: pd.DataFrame) -> str:
     """Abstain models (F answers where S selects): R_rob^sel and robust accuracy on the selected
-    points (Figure 3 in numbers). ``adf`` columns: model, selector, selected, nat_acc_on_sel,
-    rob_sel, rob_acc_on_sel, rob_acc, rob_inacc."""
+    points (Figure 3 in numbers). ``adf`` columns: model, selector, and the fields of
+    abstain.AbstainMetrics."""
     headers = ["model", "selector", "selected", "nat. acc. on sel.", "R_rob^sel",
                "rob. acc. on sel.", "rob. acc. (all)", "rob. inacc. (all)"]
     rows = [[r["model"], r["selector"], pct(r["selected"]), pct(r["nat_acc_on_sel"]),
@@ -161,91 +165,80 @@ def abstain_table(adf: pd.DataFrame) -> str:
     return markdown(headers, rows, ["l", "l"] + ["r"] * 6)
 
 
-def headline_table(rows: Sequence[dict[str, Any]]) -> str:
+def headline_table(eps: float,
+                   rows: Sequence[tuple[str, Interval, Interval | None, Interval, Interval | None]]) -> str:
     """Table 1/5 analog: the core model against compositions, with exact 95 % intervals and the
-    change against the core with its paired 95 % interval (None for the core row itself). Each
-    row: eps, name, rob_acc, nat_acc (with _lo/_hi) and d_rob_acc, d_nat_acc (with _lo/_hi)."""
+    change against the core with its paired 95 % interval. Each row: (name, R_rob^acc, its change,
+    R_nat, its change), the changes None for the core itself."""
     headers = ["ε", "model", "R_rob^acc", "Δ R_rob^acc", "R_nat", "Δ R_nat"]
-    out = []
-    for r in rows:
-        core = r.get("d_rob_acc") is None
-        out.append([num(r["eps"]), r["name"], _ci(r, "rob_acc"), DASH if core else _dci(r, "d_rob_acc"),
-                    _ci(r, "nat_acc"), DASH if core else _dci(r, "d_nat_acc")])
+    out = [[num(eps), name, _iv(rob), _div(d_rob), _iv(nat), _div(d_nat)]
+           for name, rob, d_rob, nat, d_nat in rows]
     return markdown(headers, out, ["r", "l", "r", "r", "r", "r"])
 
 
-def compositions_table(cdf: pd.DataFrame) -> str:
-    """Compositions (12) with the core on test: the headline R_rob^acc (sound AND the adaptive
-    attack's verdict), its change against the core, and the three scores side by side. ``cdf``
-    columns: name, selected, rob_sel, nat_acc, d_nat_acc, rob_acc, d_rob_acc (with _lo/_hi),
-    rob_acc_sound, rob_acc_rule, rob_acc_adaptive (NaN without an adaptive attack)."""
+def compositions_table(rows: Sequence[Any]) -> str:
+    """Compositions (12) with the core on test (compositions.CompositionRow): the headline
+    R_rob^acc (sound AND the adaptive attack's verdict), its change against the core, and the
+    three scores side by side (adaptive: – without an attack)."""
     headers = ["composition", "selected", "R_rob^sel", "R_nat", "Δ R_nat", "R_rob^acc (headline)",
                "Δ R_rob^acc", "sound", "paper's rule", "adaptive"]
-    rows = [[r["name"], pct(r["selected"]), pct(r["rob_sel"]), _ci(r, "nat_acc"), _dci(r, "d_nat_acc"),
-             _ci(r, "rob_acc"), _dci(r, "d_rob_acc"), pct(r["rob_acc_sound"]), pct(r["rob_acc_rule"]),
-             pct(r["rob_acc_adaptive"])] for _, r in cdf.iterrows()]
-    return markdown(headers, rows)
-
-
-def cascade_table(rows: Sequence[dict[str, Any]], verdict: str) -> str:
-    """The greedy cascade against the best single 2-composition (both chosen on validation,
-    scored on test with the sound rule). Each row: label, chain, nat_acc, rob_acc (with _lo/_hi),
-    d_nat_acc, d_rob_acc (against the core)."""
-    headers = ["", "models (first to last, then core)", "R_nat", "Δ R_nat", "R_rob^acc (sound)",
-               "Δ R_rob^acc"]
-    out = [[r["label"], r["chain"], _ci(r, "nat_acc"), pp(r["d_nat_acc"]), _ci(r, "rob_acc"),
-            pp(r["d_rob_acc"])] for r in rows]
-    return markdown(headers, out, ["l", "l", "r", "r", "r", "r"]) + "\n" + verdict + "\n"
-
-
-def adaptive_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rule, sound and adaptive scores of each attacked composition. Each row: name, nat_acc,
-    rob_acc_rule, rob_acc_sound, rob_acc_adaptive, rob_acc (headline, with _lo/_hi), gap,
-    n_overcounted, n_fooled."""
-    headers = ["composition", "R_nat", "paper's rule", "sound", "adaptive", "headline (lowest)",
-               "rule − headline", "points over-counted", "H fooled"]
-    out = [[r["name"], pct(r["nat_acc"]), pct(r["rob_acc_rule"]), pct(r["rob_acc_sound"]),
-            pct(r["rob_acc_adaptive"]), _ci(r, "rob_acc"), pp(r["gap"]), str(int(r["n_overcounted"])),
-            str(int(r["n_fooled"]))] for r in rows]
+    out = [[r.name, pct(r.selected), pct(r.rob_sel), _iv(r.nat_acc), _div(r.d_nat_acc),
+            _iv(r.rob_acc), _div(r.d_rob_acc), pct(r.rob_acc_sound), pct(r.rob_acc_rule),
+            pct(r.rob_acc_adaptive)] for r in rows]
     return markdown(headers, out)
 
 
-def certified_table(cdf: pd.DataFrame, r1: float, r2: float) -> str:
+def cascade_table(rows: Sequence[Any], verdict: str) -> str:
+    """The greedy cascade against the best single 2-composition (both chosen on validation,
+    scored on test with the sound rule; cascades.CascadeRow)."""
+    headers = ["", "models (first to last, then core)", "R_nat", "Δ R_nat", "R_rob^acc (sound)",
+               "Δ R_rob^acc"]
+    out = [[r.label, r.chain, _iv(r.nat_acc), pp(r.d_nat_acc), _iv(r.rob_acc), pp(r.d_rob_acc)]
+           for r in rows]
+    return markdown(headers, out, ["l", "l", "r", "r", "r", "r"]) + "\n" + verdict + "\n"
+
+
+def adaptive_table(rows: Sequence[Any]) -> str:
+    """Rule, sound and adaptive scores of each attacked composition (compositions.CompositionRow)."""
+    headers = ["composition", "R_nat", "paper's rule", "sound", "adaptive", "headline (lowest)",
+               "rule − headline", "points over-counted", "H fooled"]
+    out = [[r.name, pct(r.nat_acc.value), pct(r.rob_acc_rule), pct(r.rob_acc_sound),
+            pct(r.rob_acc_adaptive), _iv(r.rob_acc), pp(r.gap), str(int(r.n_overcounted)),
+            str(int(r.n_fooled))] for r in rows]
+    return markdown(headers, out)
+
+
+def certified_table(rows: Sequence[Any], r1: float, r2: float) -> str:
     """Table 2 analog: smoothed models (noise vs CRA training): certified R_rob^acc and R_rob^-acc
     at two L2 radii with exact 95 % intervals, and the S_CRI abstain models by the sound (2 eps)
-    and the paper's (eps) robust-selection rule. ``cdf`` columns: name, loss, beta, nat_acc,
-    rob_acc_r1, rob_inacc_r1, rob_acc_r2, rob_inacc_r2 (with _lo/_hi) and for rule in (sound,
-    paper): rob_sel_<rule>, rob_acc_on_sel_<rule>."""
+    and the paper's (eps) robust-selection rule (certified.CertifiedModel rows)."""
     headers = ["model", "loss", "β", "R_nat (G)", f"R_rob^acc (r={num(r1)})",
                f"R_rob^-acc (r={num(r1)})", f"R_rob^acc (r={num(r2)})", f"R_rob^-acc (r={num(r2)})",
                "R_rob^sel [sound]", "rob. acc. on sel. [sound]",
                "R_rob^sel [paper]", "rob. acc. on sel. [paper]"]
-    rows = [[r["name"], r["loss"], num(r["beta"]), _ci(r, "nat_acc"), _ci(r, "rob_acc_r1"),
-             _ci(r, "rob_inacc_r1"), _ci(r, "rob_acc_r2"), _ci(r, "rob_inacc_r2"),
-             pct(r["rob_sel_sound"]), pct(r["rob_acc_on_sel_sound"]),
-             pct(r["rob_sel_paper"]), pct(r["rob_acc_on_sel_paper"])]
-            for _, r in cdf.iterrows()]
-    return markdown(headers, rows, ["l", "l", "r"] + ["r"] * 9)
+    out = [[r.name, r.loss, num(r.beta), _iv(r.rates.nat_acc), _iv(r.rates.rob_acc),
+            _iv(r.rates.rob_inacc), _iv(r.rates.rob_acc_2x), _iv(r.rates.rob_inacc_2x),
+            pct(r.abstain["sound"].rob_sel), pct(r.abstain["sound"].rob_acc_on_sel),
+            pct(r.abstain["paper"].rob_sel), pct(r.abstain["paper"].rob_acc_on_sel)] for r in rows]
+    return markdown(headers, out, ["l", "l", "r"] + ["r"] * 9)
 
 
-def certified_diff_table(rows: Sequence[dict[str, Any]], r1: float, r2: float) -> str:
-    """CRA against noise fine-tuning: paired differences of certified accuracy and inaccuracy at
-    the two radii with 95 % paired-bootstrap intervals. Each row: name, reference, and
-    d_rob_acc_r1, d_rob_inacc_r1, d_rob_acc_r2, d_rob_inacc_r2 with _lo/_hi."""
+def certified_diff_table(pairs: Sequence[Any], r1: float, r2: float) -> str:
+    """Fine-tunes against their reference loss's fine-tunes (CRA against noise): paired differences
+    of certified accuracy and inaccuracy at the two radii with 95 % paired-bootstrap intervals
+    (certified.CertifiedPair rows)."""
     headers = ["model", "against", f"Δ R_rob^acc (r={num(r1)})", f"Δ R_rob^-acc (r={num(r1)})",
                f"Δ R_rob^acc (r={num(r2)})", f"Δ R_rob^-acc (r={num(r2)})"]
-    out = [[r["name"], r["reference"]] + [_dci(r, k) for k in
-                                          ("d_rob_acc_r1", "d_rob_inacc_r1", "d_rob_acc_r2", "d_rob_inacc_r2")]
-           for r in rows]
+    out = [[p.name, p.reference, _div(p.d_rob_acc_r1), _div(p.d_rob_inacc_r1), _div(p.d_rob_acc_r2),
+            _div(p.d_rob_inacc_r2)] for p in pairs]
     return markdown(headers, out, ["l", "l", "r", "r", "r", "r"])
 
 
-def certified_compositions_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Compositions with the certified selector S_CRI: sound R_rob^acc (headline) with intervals,
-    the paper's rule and the certified part. Each row: name, nat_acc, rob_acc (with _lo/_hi),
-    d_nat_acc, d_rob_acc (with _lo/_hi), rob_acc_rule, rob_acc_certified, rob_sel."""
+def certified_compositions_table(rows: Sequence[Any]) -> str:
+    """Compositions with the certified selector S_CRI (certified.CertifiedComposition rows): sound
+    R_rob^acc (headline) with intervals, the paper's rule and the certified part."""
     headers = ["composition", "R_nat", "Δ R_nat", "R_rob^acc (sound)", "Δ R_rob^acc",
                "paper's rule", "certified part", "R_rob^sel"]
-    out = [[r["name"], _ci(r, "nat_acc"), _dci(r, "d_nat_acc"), _ci(r, "rob_acc"), _dci(r, "d_rob_acc"),
-            pct(r["rob_acc_rule"]), pct(r["rob_acc_certified"]), pct(r["rob_sel"])] for r in rows]
+    out = [[r.name, _iv(r.nat_acc), _div(r.d_nat_acc), _iv(r.rob_acc), _div(r.d_rob_acc),
+            pct(r.rob_acc_rule), pct(r.rob_acc_certified), pct(r.rob_sel)] for r in rows]
     return markdown(headers, out)

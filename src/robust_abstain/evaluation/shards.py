@@ -13,9 +13,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from .errors import ParamError
-from .params import count
-from .records import CERTIFIED_COLUMNS, CERTIFIED_DTYPES, EXACT_READ
+from ..errors import ParamError
+from ..params import count
+from ..analysis.records import CERTIFIED_COLUMNS, CERTIFIED_DTYPES, EXACT_READ
 
 
 def shard_positions(n_points: int, shard: int, num_shards: int) -> list[int]:
@@ -42,7 +42,7 @@ def shard_count(shards: Sequence[int] | None) -> int:
 
 def shard_meta(settings: dict, shard: int, num_shards: int, n_points: int) -> dict:
     """The sidecar JSON of one shard: which part of which run it is (``settings``: see
-    :func:`robust_abstain.certify.certify_settings`)."""
+    :func:`robust_abstain.evaluation.certify.certify_settings`)."""
     return {**settings, "shard": int(shard), "num_shards": int(num_shards), "n_points": int(n_points)}
 
 

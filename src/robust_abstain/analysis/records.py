@@ -25,12 +25,23 @@ Certified records (``certify`` stage, randomized smoothing, L2):
     cert_pred     CERTIFY's class for the smoothed classifier G, -1 where it abstains
     cert_radius   its certified L2 radius (0 where it abstains)
     smooth_pred   PREDICT's class for G (-1 = abstain), used for G's natural accuracy
+
+Adaptive records (``adaptive`` stage, the end-to-end attack on a composition H; one row per attacked
+point and selector):
+    index         test-set index of the point
+    selector      the selector's name (``ERI``, ``SR@0.90``)
+    h_adv_wrong   the attack found x' in B_eps(x) with H(x') != y
+    h_adv_pred    H(x') at that point (-1 where not fooled; kept, not used downstream)
+Rows are required for every point the paper's rule counts as robust-accurate (the sound score counts
+a subset of them, and only counted points can lose); other points may be missing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from ..errors import DataError
 
 ABSTAIN = -1
 
@@ -39,6 +50,7 @@ EMPIRICAL_COLUMNS = ["index", "label", "pred", "conf", "eps", "adv_pred_1x", "ad
 #: the attack runs of the empirical records, as (prediction, confidence) column prefixes; a run
 #: that was not made holds prediction -1 and confidence NaN
 ATTACKS = (("adv_pred", "adv_conf"), ("sr_pred", "sr_conf"))
+ADAPTIVE_COLUMNS = ["index", "h_adv_wrong"]
 CERTIFIED_COLUMNS = ["index", "label", "pred", "conf", "smooth_pred", "cert_pred", "cert_radius"]
 CERTIFIED_DTYPES = {"index": "int64", "label": "int64", "pred": "int64", "conf": "float64",
                     "smooth_pred": "int64", "cert_pred": "int64", "cert_radius": "float64"}
@@ -86,3 +98,61 @@ def worst_confidence(df: pd.DataFrame, scale: int = 2) -> np.ndarray:
 def certified_robust(df: pd.DataFrame, radius: float) -> np.ndarray:
     """G certified (non-abstaining) with an L2 radius of at least ``radius`` (radius 0: G answers)."""
     return ((df["cert_pred"] != ABSTAIN) & (df["cert_radius"] >= radius)).to_numpy()
+
+
+def by_index(df: pd.DataFrame, name: str = "records") -> pd.DataFrame:
+    """Records sorted by ``index`` (``df`` itself when already sorted: do not mutate the result);
+    raises :class:`DataError` on duplicated indices."""
+    if "index" not in df.columns:
+        raise DataError(f"{name} lacks the 'index' column")
+    idx = df["index"]
+    if idx.is_monotonic_increasing and idx.is_unique:
+        return df
+    if idx.duplicated().any():
+        dup = df.loc[df["index"].duplicated(), "index"].iloc[0]
+        raise DataError(f"{name} has test point index {dup} more than once")
+    return df.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def align(*dfs: pd.DataFrame, names: list[str] | None = None) -> list[pd.DataFrame]:
+    """Sort every record set by ``index`` and check they cover the same test points."""
+    names = names or [f"records #{i}" for i in range(len(dfs))]
+    out = [by_index(d, n) for d, n in zip(dfs, names)]
+    ref = out[0]["index"].to_numpy()
+    for d, n in zip(out[1:], names[1:]):
+        idx = d["index"].to_numpy()
+        if len(idx) != len(ref) or not np.array_equal(idx, ref):
+            only = sorted(set(ref.tolist()) ^ set(idx.tolist()))[:5]
+            raise DataError(f"{names[0]} and {n} cover different test points "
+                            f"({len(ref)} vs {len(idx)} rows; e.g. index {only})")
+    return out
+
+
+def adaptive_fooled(df: pd.DataFrame, index: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """``h_adv_wrong`` of adaptive records at the points ``index`` (False where a point has no row);
+    raises :class:`DataError` for points outside ``index`` and for missing rows where ``need``."""
+    check(df, ADAPTIVE_COLUMNS, "adaptive records")
+    wrong = by_index(df, "adaptive records").set_index("index")["h_adv_wrong"]
+    extra = set(wrong.index.tolist()) - set(index.tolist())
+    if extra:
+        raise DataError(f"adaptive records hold test points the records lack, e.g. {sorted(extra)[:5]}")
+    wrong = wrong.reindex(index)
+    missing = need & wrong.isna().to_numpy()
+    if missing.any():
+        raise DataError(f"adaptive records lack {int(missing.sum())} points the rule counts as "
+                        f"robust-accurate, e.g. index {index[missing][:5].tolist()}")
+    return np.array([_as_bool(v) for v in wrong.to_numpy()], dtype=bool)
+
+
+def _as_bool(v: object) -> bool:
+    """A ``h_adv_wrong`` cell: bool, 0/1, or 'True'/'False' text from a CSV; missing -> False."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return False
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("true", "1", "1.0", "yes"):
+            return True
+        if t in ("false", "0", "0.0", "no", ""):
+            return False
+        raise DataError(f"adaptive records: h_adv_wrong must be a bool, got {v!r}")
+    return bool(v)

@@ -14,16 +14,24 @@ Certified records (randomized smoothing), at an L2 radius r, for the smoothed cl
     R_nat          = P[smooth_pred = y]                       (PREDICT; abstain counts as wrong)
     R_rob^acc      = P[cert_pred = y and cert_radius >= r]     (certified robust accuracy)
     R_rob^-acc     = P[cert_pred != y, cert_pred != ABSTAIN and cert_radius >= r]
+
+Any per-point outcomes (a training loop's validation, Figure 1): :func:`rates`.
+
+Example::
+
+    >>> r_nat, r_rob_acc, r_rob_inacc = rates(pred == y, adv_pred == pred)
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, ParamError
-from .records import (ABSTAIN, CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, certified_robust,
-                      check, robust)
+from ..errors import DataError, ParamError
+from .records import (ABSTAIN, CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, by_index,
+                      certified_robust, check, robust)
 
 SPLIT_KEYS = ("rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")
 
@@ -39,6 +47,18 @@ def _scale(eps_scale: int) -> int:
     if eps_scale not in (1, 2):
         raise ParamError(f"eps_scale must be 1 (eps) or 2 (2 * eps), got {eps_scale!r}")
     return int(eps_scale)
+
+
+def rates(accurate: Any, robust: Any) -> tuple[float, float, float]:
+    """(1)/(2) from per-point outcomes: (R_nat, R_rob^acc, R_rob^-acc) = (P[accurate],
+    P[accurate and robust], P[inaccurate and robust]).
+
+    ``accurate`` (F(x) = y) and ``robust`` (F robust on the ball) are boolean numpy arrays or torch
+    tensors of the same points. Tensors are averaged in torch's float32, arrays in float64."""
+    if type(accurate).__module__.startswith("torch"):
+        return tuple(m.float().mean().item() for m in (accurate, accurate & robust, ~accurate & robust))
+    a, r = np.asarray(accurate, dtype=bool), np.asarray(robust, dtype=bool)
+    return _mean(a), _mean(a & r), _mean(~a & r)
 
 
 # ---------------------------------------------------------------------------------- empirical
@@ -73,6 +93,17 @@ def splits(df: pd.DataFrame, eps_scale: int = 1) -> dict[str, float]:
     return {k: _mean(m) for k, m in split_masks(df, eps_scale).items()}
 
 
+def model_masks(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per-point outcomes of one model's empirical records, sorted by index: ``nat_acc`` and the
+    splits of :func:`split_masks` at eps (``rob_acc``, ``rob_inacc``, ``nonrob_acc``,
+    ``nonrob_inacc``) and at 2 eps (the same with ``_2x``)."""
+    d = by_index(df)
+    out = {"nat_acc": accurate(d)}
+    for s, tag in ((1, ""), (2, "_2x")):
+        out.update({f"{k}{tag}": v for k, v in split_masks(d, s).items()})
+    return out
+
+
 def summary(df: pd.DataFrame, eps_scale: int = 1) -> dict[str, float]:
     """R_nat (1), R_rob^acc (1), R_rob^-acc (2) and the four splits at B_{eps_scale * eps}.
 
@@ -99,6 +130,16 @@ def certified_masks(df: pd.DataFrame, radius: float) -> dict[str, np.ndarray]:
     return {"rob_acc": c & (df["cert_pred"] == df["label"]).to_numpy(), "rob_inacc": c & wrong}
 
 
+def certified_model_masks(df: pd.DataFrame, r1: float, r2: float) -> dict[str, np.ndarray]:
+    """Per-point outcomes of one smoothed model's certified records, sorted by index: ``nat_acc``
+    (of G) and :func:`certified_masks` at r1 (``rob_acc``, ``rob_inacc``) and r2 (``_2x``)."""
+    d = by_index(df)
+    out = {"nat_acc": (d["smooth_pred"] == d["label"]).to_numpy()}
+    for r, tag in ((r1, ""), (r2, "_2x")):
+        out.update({f"{k}{tag}": v for k, v in certified_masks(d, r).items()})
+    return out
+
+
 def certified_robust_accuracy(df: pd.DataFrame, radius: float) -> float:
     """Certified R_rob^acc at L2 radius r: cert_pred = y and cert_radius >= r."""
     return _mean(certified_masks(df, radius)["rob_acc"])
@@ -123,32 +164,3 @@ def certified_summary(df: pd.DataFrame, radius: float) -> dict[str, float]:
 def certified_accuracy_curve(df: pd.DataFrame, radii: np.ndarray) -> np.ndarray:
     """Certified robust accuracy at each radius (the usual certified-accuracy-vs-radius curve)."""
     return np.array([certified_robust_accuracy(df, float(r)) for r in np.asarray(radii)])
-
-
-# ---------------------------------------------------------------------------------- alignment
-def by_index(df: pd.DataFrame, name: str = "records") -> pd.DataFrame:
-    """Records sorted by ``index`` (``df`` itself when already sorted: do not mutate the result);
-    raises :class:`DataError` on duplicated indices."""
-    if "index" not in df.columns:
-        raise DataError(f"{name} lacks the 'index' column")
-    idx = df["index"]
-    if idx.is_monotonic_increasing and idx.is_unique:
-        return df
-    if idx.duplicated().any():
-        dup = df.loc[df["index"].duplicated(), "index"].iloc[0]
-        raise DataError(f"{name} has test point index {dup} more than once")
-    return df.sort_values("index", kind="stable").reset_index(drop=True)
-
-
-def align(*dfs: pd.DataFrame, names: list[str] | None = None) -> list[pd.DataFrame]:
-    """Sort every record set by ``index`` and check they cover the same test points."""
-    names = names or [f"records #{i}" for i in range(len(dfs))]
-    out = [by_index(d, n) for d, n in zip(dfs, names)]
-    ref = out[0]["index"].to_numpy()
-    for d, n in zip(out[1:], names[1:]):
-        idx = d["index"].to_numpy()
-        if len(idx) != len(ref) or not np.array_equal(idx, ref):
-            only = sorted(set(ref.tolist()) ^ set(idx.tolist()))[:5]
-            raise DataError(f"{names[0]} and {n} cover different test points "
-                            f"({len(ref)} vs {len(idx)} rows; e.g. index {only})")
-    return out

@@ -10,30 +10,31 @@ Each selector carries two per-point quantities:
     at x only if F is robust on B_2eps(x) (every x' in B_eps(x) then has its whole B_eps(x') inside
     B_2eps(x)), so every ``robustly_selected`` below uses the 2 * eps evidence.
 
-Selectors:
+Selectors (the registry :data:`SELECTORS` holds them with their metadata):
     (10)/(14) S_ERI  empirical robustness indicator of F          :func:`eri`
     (11)      S_CRI  certified robustness indicator of smoothed G  :func:`cri` (rule "sound"/"paper")
     (13)      S_SR   softmax response at threshold tau            :func:`softmax_response`
 
-Abstain models (F answers where S selects, abstains elsewhere) are scored by
-:func:`abstain_metrics` / :func:`certified_abstain_metrics`:
-    R_rob^sel              = P[S robustly selects x]
-    rob. acc. on selected  = P[robustly selected and robust-accurate] / R_rob^sel
-    rob. acc. (all points) = P[robustly selected and robust-accurate]
+Adding a selector: its function here, one :class:`SelectorKind` entry in :data:`SELECTORS`, a params
+entry if it needs one, and a test. Abstain models of a selector are scored in abstain.py.
+
+Example::
+
+    >>> s = eri(records)                       # or SelectorSpec("SR", 0.9).selection(records)
+    >>> s.selection_rate, s.robust_selection   # P[S(x) = 1], R_rob^sel
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, ParamError
-from .metrics import by_index
-from .records import (ABSTAIN, CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, accurate, certified_robust,
-                      check, robust, worst_confidence)
+from ..errors import DataError, ParamError
+from .records import (CERTIFIED_COLUMNS, EMPIRICAL_COLUMNS, by_index, certified_robust, check, robust,
+                      worst_confidence)
 
 #: the softmax-response threshold grid (13): tau in {0.00, 0.01, ..., 0.99}
 TAU_GRID: np.ndarray = np.round(np.arange(100) / 100.0, 2)
@@ -165,99 +166,98 @@ def cri(df: pd.DataFrame, eps: float, rule: str = "sound") -> Selection:
                      {"rule": rule, "eps": float(eps)})
 
 
-# ---------------------------------------------------------------------------------- abstain models
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den > 0 else float("nan")
+# ---------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class SelectorKind:
+    """A selector of the paper and what the pipeline needs to know about it.
+
+    ``label``: its name in tables, figures and selection names (``SR@0.90`` for a kind with a
+    threshold); ``equation``: the paper's; ``certified``: computed from certified records of a
+    smoothed model G (composed by :func:`compose.compose_certified`), else from empirical records of
+    F (deployable: :class:`SelectorSpec`); ``threshold``: takes a threshold tau (swept over the
+    report's grid, chosen on validation records); ``select``: the function computing it from
+    records (and tau); ``available``: whether records hold the evidence it needs; ``sweep``: the
+    selector at many thresholds at once (faster than ``select`` for each)."""
+
+    label: str
+    equation: str
+    certified: bool
+    threshold: bool
+    select: Callable[..., Selection]
+    available: Callable[[pd.DataFrame], bool] = lambda df: True
+    sweep: Callable[[pd.DataFrame, np.ndarray], list[Selection]] | None = None
 
 
-def abstain_metrics(df: pd.DataFrame, selection: Selection) -> dict[str, float]:
-    """Abstain model "F where S selects, abstain elsewhere", from empirical records of F.
-
-    Keys:
-        ``selected``        P[S(x) = 1]
-        ``nat_acc_on_sel``  P[F(x) = y | S(x) = 1]
-        ``rob_sel``         R_rob^sel = P[S robustly selects x]
-        ``rob_acc_on_sel``  P[robustly selected and F robust-accurate at eps] / R_rob^sel
-        ``rob_acc``         P[robustly selected and F robust-accurate at eps] (all points)
-        ``rob_inacc``       P[robustly selected and F robust but wrong at eps]
-    Robust-accurate at eps is ``accurate & robust(df, 1)``; for S_ERI it is implied by robust
-    selection (robust at 2 eps), for S_SR the APGD-CE evidence at eps is added (worst case)."""
-    return abstain_metrics_many(df, [selection])[0]
-
-
-def abstain_metrics_many(df: pd.DataFrame, selections: list[Selection]) -> list[dict[str, float]]:
-    """:func:`abstain_metrics` for many selectors of the same model (records prepared once)."""
-    df = by_index(check(df, EMPIRICAL_COLUMNS, "empirical records"))
-    index, acc, rob1 = df["index"].to_numpy(), accurate(df), robust(df, 1)
-    out = []
-    for s in selections:
-        s = s.aligned_to(index)
-        rs = s.robustly_selected
-        good = rs & acc & rob1
-        out.append({"selected": float(s.selected.mean()),
-                    "nat_acc_on_sel": _ratio((s.selected & acc).mean(), s.selected.mean()),
-                    "rob_sel": float(rs.mean()),
-                    "rob_acc_on_sel": _ratio(good.mean(), rs.mean()),
-                    "rob_acc": float(good.mean()),
-                    "rob_inacc": float((rs & ~acc & rob1).mean())})
-    return out
-
-
-def certified_abstain_metrics(df: pd.DataFrame, selection: Selection) -> dict[str, float]:
-    """The abstain model "G where S_CRI selects, abstain elsewhere", from certified records.
-
-    Same keys as :func:`abstain_metrics`; robust-accurate means cert_pred = y (robust selection
-    already implies a radius of at least eps)."""
-    df = by_index(check(df, CERTIFIED_COLUMNS, "certified records"))
-    s = selection.aligned_to(df["index"].to_numpy())
-    cert_ok = (df["cert_pred"] == df["label"]).to_numpy()
-    wrong = ((df["cert_pred"] != df["label"]) & (df["cert_pred"] != ABSTAIN)).to_numpy()
-    rs = s.robustly_selected
-    return {"selected": float(s.selected.mean()),
-            "nat_acc_on_sel": _ratio((s.selected & cert_ok).mean(), s.selected.mean()),
-            "rob_sel": float(rs.mean()),
-            "rob_acc_on_sel": _ratio((rs & cert_ok).mean(), rs.mean()),
-            "rob_acc": float((rs & cert_ok).mean()),
-            "rob_inacc": float((rs & wrong).mean())}
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated when **both** coordinates are maximised, sorted by the
-    first coordinate (ascending; ties by index). Equal points are all kept (different models may
-    tie). NaN points are never on the front."""
-    p = np.asarray(points, dtype=float).reshape(-1, 2)
-    ok = np.isfinite(p).all(1)
-    q = p[ok]
-    ge = (q[None, :, 0] >= q[:, None, 0]) & (q[None, :, 1] >= q[:, None, 1])
-    gt = (q[None, :, 0] > q[:, None, 0]) | (q[None, :, 1] > q[:, None, 1])
-    keep = ~(ge & gt).any(1)            # row i is dominated by some column j
-    front = np.flatnonzero(ok)[keep]
-    return sorted(front.tolist(), key=lambda i: (p[i, 0], i))
-
-
-# ---------------------------------------------------------------------------------- specs
-#: deployable selector kinds (:class:`SelectorSpec`)
-KINDS = ("ERI", "SR")
+#: every selector, in the order the reports list them
+SELECTORS: dict[str, SelectorKind] = {
+    "ERI": SelectorKind("ERI", "(10)/(14)", certified=False, threshold=False, select=eri),
+    "SR": SelectorKind("SR", "(13)", certified=False, threshold=True, select=softmax_response,
+                       available=has_softmax_response, sweep=softmax_response_sweep),
+    "CRI": SelectorKind("CRI", "(11)", certified=True, threshold=False, select=cri),
+}
+#: the selector of the paper's headline composition (Table 1), the one others are matched against
+HEADLINE = "ERI"
 
 
 @dataclass(frozen=True)
 class SelectorSpec:
-    """A deployable selector: ``kind`` "ERI" (robustness indicator of F_robust) or "SR" (softmax
-    response at threshold ``tau``)."""
+    """A deployable selector: an empirical kind of :data:`SELECTORS`, with its threshold ``tau`` if
+    the kind takes one.
+
+    Example::
+
+        >>> SelectorSpec("SR", 0.9).name
+        'SR@0.90'
+        >>> SelectorSpec("ERI").selection(records).robust_selection        # R_rob^sel
+    """
 
     kind: str
     tau: float | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ParamError(f"selector kind must be one of {list(KINDS)}, got {self.kind!r}")
-        if self.kind == "SR" and (self.tau is None or not 0.0 <= self.tau <= 1.0):
-            raise ParamError(f"softmax response needs tau in [0, 1], got {self.tau!r}")
+        deployable = [k for k, s in SELECTORS.items() if not s.certified]
+        if self.kind not in deployable:
+            raise ParamError(f"selector kind must be one of {deployable}, got {self.kind!r}")
+        if self.threshold and (self.tau is None or not 0.0 <= self.tau <= 1.0):
+            raise ParamError(f"{self.kind} needs a threshold tau in [0, 1], got {self.tau!r}")
+        if not self.threshold and self.tau is not None:
+            raise ParamError(f"{self.kind} takes no threshold, got tau = {self.tau!r}")
+
+    @property
+    def threshold(self) -> bool:
+        return SELECTORS[self.kind].threshold
 
     @property
     def name(self) -> str:
-        return "ERI" if self.kind == "ERI" else f"SR@{self.tau:.2f}"
+        label = SELECTORS[self.kind].label
+        return f"{label}@{self.tau:.2f}" if self.threshold else label
 
     def selection(self, records: pd.DataFrame) -> Selection:
-        """This selector evaluated on ``records`` (selectors.py)."""
-        return eri(records) if self.kind == "ERI" else softmax_response(records, float(self.tau))
+        """This selector evaluated on ``records``."""
+        select = SELECTORS[self.kind].select
+        return select(records, float(self.tau)) if self.threshold else select(records)
+
+
+def selector_grid(records: pd.DataFrame, taus: np.ndarray) -> list[SelectorSpec]:
+    """Every deployable selector for ``records``: kinds with a threshold at every tau of ``taus``,
+    where the records hold their evidence."""
+    out = []
+    for kind, s in SELECTORS.items():
+        if s.certified or not s.available(records):
+            continue
+        out += [SelectorSpec(kind, float(t)) for t in taus] if s.threshold else [SelectorSpec(kind)]
+    return out
+
+
+def selections(specs: list[SelectorSpec], records: pd.DataFrame) -> list[Selection]:
+    """``specs`` evaluated on ``records``, in order (a kind's thresholds in one sweep)."""
+    out: list[Selection | None] = [None] * len(specs)
+    for kind, s in SELECTORS.items():
+        at = [i for i, spec in enumerate(specs) if spec.kind == kind]
+        if s.sweep is not None and at:
+            sels = s.sweep(records, np.array([specs[i].tau for i in at], dtype=float))
+        else:
+            sels = [specs[i].selection(records) for i in at]
+        for i, sel in zip(at, sels):
+            out[i] = sel
+    return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from statsmodels.stats.proportion import proportion_confint
 
-from .errors import DataError, ParamError
+from ..errors import DataError, ParamError
 
 LEVEL = 0.95
 N_BOOT = 2000

@@ -2,32 +2,54 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .data import Prepared
-from .errors import ParamError
-from .losses import LossConfig
-from .models.checkpoint import ModelSpec, load_model, save_model
-from .params import choice, count
-from .train import TrainConfig, fit
+from ..data import Prepared
+from ..errors import ParamError
+from ..losses import LossConfig
+from ..models.checkpoint import ModelSpec, load_model, save_model
+from ..models.nets import ARCHS
+from ..params import Section, choice, count
+from .config import TrainConfig
+from .loop import fit
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """A model section (``core``, ``base``, ``noise_base``; ``finetune`` and ``cert_finetune`` hold
+    only ``loss`` and ``train``): the architecture of a model trained from scratch, its ``loss``
+    (:class:`~robust_abstain.losses.LossConfig`) and ``train`` (:class:`TrainConfig`) mappings, or
+    ``source: zoo`` with a ``zoo`` mapping for a pretrained RobustBench model."""
+
+    arch: str = "cnn"
+    width: int | None = None
+    loss: dict | None = None
+    train: dict | None = None
+    source: str = "train"
+    zoo: dict | None = None
+
+    def validate(self, prefix: str) -> None:
+        choice(self.arch, f"{prefix}.arch", ARCHS)
+        if self.width is not None:
+            count(self.width, f"{prefix}.width")
+        choice(self.source, f"{prefix}.source", ["train", "zoo"])
 
 
 def model_spec(p: dict, data: Prepared, prefix: str) -> ModelSpec:
-    arch = choice(p.get("arch", "cnn"), f"{prefix}.arch", ["mlp", "cnn", "resnet18"])
-    width = p.get("width")
-    if width is not None:
-        width = count(width, f"{prefix}.width")
-    return ModelSpec(arch, data.input_shape, data.num_classes, tuple(data.mean), tuple(data.std), width)
+    cfg = ModelConfig.from_params(p, prefix)
+    return ModelSpec(cfg.arch, data.input_shape, data.num_classes, tuple(data.mean), tuple(data.std),
+                     cfg.width)
 
 
 def bring_zoo_model(p: dict, data: Prepared, out: str | Path, prefix: str) -> None:
     """``source: zoo``: bring a pretrained RobustBench model (``zoo: {name, dataset, threat_model,
     model_dir}``) as our checkpoint, downloading only when the file is missing (then validated:
     an HTML page saved as .pt is deleted with a clear error)."""
-    from .models.checkpoint import zoo_spec
-    from .models.zoo import load_zoo_model
+    from ..models.checkpoint import zoo_spec
+    from ..models.zoo import load_zoo_model
     z = p.get("zoo") or {}
     missing = [k for k in ("name", "dataset", "threat_model") if k not in z]
     if missing:
@@ -44,8 +66,7 @@ def train_model(p: dict, data: Prepared, out: str | Path, state_dir: str | Path,
     ``p`` holds ``arch``/``width`` (ignored when fine-tuning), ``loss`` and ``train`` mappings;
     ``loss_override`` (e.g. the sweep's loss name and beta) is merged over ``p['loss']``.
     With ``source: zoo`` the model is a pretrained RobustBench model instead (no training)."""
-    source = choice(p.get("source", "train"), f"{prefix}.source", ["train", "zoo"])
-    if source == "zoo" and init is None:
+    if ModelConfig.from_params(p, prefix).source == "zoo" and init is None:
         bring_zoo_model(p, data, out, prefix)
         return []
     loss_p = {**(p.get("loss") or {}), **(loss_override or {})}

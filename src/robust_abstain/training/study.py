@@ -11,7 +11,7 @@ checkpoint the model is measured on the **validation** split only:
 
 With a constant lr, the model at checkpoint s of a run is the model a budget of ``steps: s`` at that
 lr trains, so a budget read off the study's curves is one the pipeline can train. Each run's
-randomness derives from its seed as in :func:`robust_abstain.train.fit` (data order per epoch, the
+randomness derives from its seed as in :func:`robust_abstain.training.fit` (data order per epoch, the
 loss's draws), so a run is reproducible and a finished run is never redone (:func:`run_curve`'s
 caller keeps one CSV per run).
 """
@@ -27,11 +27,13 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from .attacks.apgd import worst_case_predictions
-from .certify import Smooth
-from .evaluate import natural
-from .losses import LossConfig, get_loss
-from .train import TrainConfig, epoch_streams, make_optimizer, seeded_subset, train_step
+from ..attacks.apgd import worst_case_predictions
+from ..evaluation.certify import Smooth
+from ..evaluation.empirical import natural
+from ..losses import LossConfig, get_loss
+from .batches import epoch_streams, seeded_subset
+from .config import TrainConfig, make_optimizer
+from .loop import train_step
 
 
 @dataclass(frozen=True)

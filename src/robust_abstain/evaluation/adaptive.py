@@ -41,16 +41,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks.apgd import APGD, worst_case_predictions
-from .attacks.pgd import pgd
-from .compose import compose_points
-from .selectors import Selection, SelectorSpec
+from ..analysis.compose import compose, compose_points
+from ..analysis.selectors import Selection, SelectorSpec
+from ..attacks import APGD, eval_mode, pgd, worst_case_predictions
+from ..errors import ParamError
+from .empirical import EvaluateConfig
+
 
 @dataclass(frozen=True)
 class AttackConfig:
     """Budgets: ``steps`` and ``restarts`` for APGD (candidates 1, 3 and the ERI selector's own
-    check, as in the evaluate stage), ``push_steps``
-    for the PGD stages (2, 3); ``selector_conf`` adds APGD-conf to the ERI selector's check."""
+    check, as in the evaluate stage), ``push_steps`` for the PGD stages (2, 3); ``selector_conf``
+    adds APGD-conf to the ERI selector's check. :meth:`from_evaluate` takes them from the
+    evaluate section, so the attack on H tests what the records measured."""
 
     eps: float
     norm: str = "linf"
@@ -60,6 +63,17 @@ class AttackConfig:
     seed: int = 0
     batch_size: int = 500
     selector_conf: bool = False
+
+    @classmethod
+    def from_evaluate(cls, ev: EvaluateConfig, prefix: str = "evaluate") -> AttackConfig:
+        """The evaluate section's threat model and budgets; ``push_steps`` is its
+        ``adaptive_push_steps``, and the ERI selector's check runs APGD-conf where the records
+        did at eps (``1 in sr_scales``)."""
+        if ev.adaptive_push_steps is None:
+            raise ParamError(f"{prefix} lacks ['adaptive_push_steps'] (PGD steps of the adaptive attack)")
+        return cls(eps=ev.eps, norm=ev.norm, steps=ev.steps, restarts=ev.restarts,
+                   push_steps=ev.adaptive_push_steps, seed=ev.seed, batch_size=ev.batch_size,
+                   selector_conf=1 in ev.sr_scales)
 
 
 @torch.no_grad()
@@ -82,19 +96,19 @@ def eri_select(robust_model: nn.Module, x: torch.Tensor, cfg: AttackConfig) -> t
 
 def deployed_h(robust_model: nn.Module, core_model: nn.Module, spec: SelectorSpec, x: torch.Tensor,
                y: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
-    """H(x') of (12) as deployed, at the points ``x`` (labels ``y`` only decide where the selector
-    matters: it is run where exactly one of the two models is wrong)."""
+    """H(x') of (12) as deployed, at the points ``x``: :func:`compose.compose` with the deployed S.
+    The labels ``y`` only decide where S must be evaluated: where exactly one of the two models is
+    wrong (elsewhere H is right, or wrong, whichever model answers; S is taken as 0 there)."""
     rl, cp = _logits(robust_model, x, cfg.batch_size), _logits(core_model, x, cfg.batch_size).argmax(1)
     rp = rl.argmax(1)
-    h = torch.where(rp == cp, rp, cp)
+    selected = torch.zeros_like(rp, dtype=torch.bool)
     need = ((rp != y) ^ (cp != y)).nonzero().squeeze(1)
     if len(need):
         if spec.kind == "SR":
-            sel = F.softmax(rl[need], 1).max(1).values >= spec.tau
+            selected[need] = F.softmax(rl[need], 1).max(1).values >= spec.tau
         else:
-            sel = eri_select(robust_model, x[need], cfg)
-        h[need] = torch.where(sel, rp[need], cp[need])
-    return h
+            selected[need] = eri_select(robust_model, x[need], cfg)
+    return compose(selected, rp, cp)
 
 
 def _selector_surrogate(spec: SelectorSpec, logits: torch.Tensor) -> torch.Tensor:
@@ -127,19 +141,18 @@ def attack_composition(robust_model: nn.Module, core_model: nn.Module, spec: Sel
                        x: torch.Tensor, y: torch.Tensor, targets: np.ndarray, cfg: AttackConfig
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Attack H at the points where ``targets`` is True; return (fooled, h_adv_pred) per point
-    (False / -1 elsewhere). Both models run in eval mode and are left in eval mode."""
+    (False / -1 elsewhere). Both models run in eval mode; their modes are restored afterwards."""
     fooled, h_adv = np.zeros(len(y), dtype=bool), np.full(len(y), -1, dtype=np.int64)
     idx = torch.as_tensor(np.flatnonzero(targets), dtype=torch.long)
     if len(idx) == 0 or cfg.eps == 0:
         return fooled, h_adv
-    robust_model.eval()
-    core_model.eval()
     xs, ys = x[idx], y[idx]
     worst = torch.full((len(idx),), -1, dtype=torch.long)
-    for cand in _candidates(robust_model, core_model, spec, xs, ys, cfg):
-        h = deployed_h(robust_model, core_model, spec, cand, ys, cfg)
-        new = (h != ys) & (worst < 0)
-        worst[new] = h[new]
+    with eval_mode(robust_model), eval_mode(core_model):
+        for cand in _candidates(robust_model, core_model, spec, xs, ys, cfg):
+            h = deployed_h(robust_model, core_model, spec, cand, ys, cfg)
+            new = (h != ys) & (worst < 0)
+            worst[new] = h[new]
     hit = worst >= 0
     fooled[idx[hit].numpy()] = True
     h_adv[idx[hit].numpy()] = worst[hit].numpy()
@@ -155,7 +168,7 @@ def attack_targets(robust_df: pd.DataFrame, core_df: pd.DataFrame, selection: Se
 def adaptive_records(robust_model: nn.Module, core_model: nn.Module, robust_df: pd.DataFrame,
                      core_df: pd.DataFrame, specs: list[SelectorSpec], x: torch.Tensor,
                      y: torch.Tensor, cfg: AttackConfig) -> pd.DataFrame:
-    """Per-point evidence for ``compose.compose_adaptive``, one block of rows per selector:
+    """Per-point evidence for ``compose.composition``, one block of rows per selector:
     columns index, selector (its name), h_adv_wrong, h_adv_pred (-1 where not fooled)."""
     out = []
     for spec in specs:

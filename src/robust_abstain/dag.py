@@ -1,0 +1,59 @@
+"""The models each stage of dvc.yaml runs on, derived from a params file.
+
+DVC's ``foreach`` runs over one mapping, so the ``pipeline`` section of a params file lists, per
+stage, every model it covers: the reference models (core, robust base, noise base, fixed paths) and
+those the params name (``sweep``, ``seeds`` of the headline run, ``cert_sweep``).
+:func:`pipeline_section` derives that section; ``scripts/sync_pipeline.py`` writes it into a params
+file after ``sweep``, ``seeds`` or ``cert_sweep`` change, and tests/test_dvc_yaml.py checks that
+every params file holds the section its other sections imply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .params import section
+
+
+def _finetune(section_name: str, loss: str, init: str, out: str, live: str, seed: Any = "default") -> dict:
+    return {"section": section_name, "loss": loss, "seed": seed, "init": init, "out": out, "live": live}
+
+
+def pipeline_section(params: dict) -> dict:
+    """The ``pipeline`` section that ``params``'s ``sweep``, ``seeds`` and ``cert_sweep`` imply."""
+    sweep, cert_sweep, seeds = section(params, "sweep"), section(params, "cert_sweep"), params.get("seeds", [0])
+    finetune = {k: _finetune("finetune", f"sweep.{k}", "models/base.pt", f"models/finetune/{k}.pt", k)
+                for k in sweep}
+    finetune.update({f"headline-s{s}": _finetune("finetune", "loss", "models/base.pt",
+                                                  f"models/finetune/headline/s{s}.pt", f"headline/s{s}", s)
+                     for s in seeds})
+    finetune.update({k: _finetune("cert_finetune", f"cert_sweep.{k}", "models/cert/noise_base.pt",
+                                  f"models/cert/{k}.pt", k) for k in cert_sweep})
+    finetune["cert_headline"] = _finetune("cert_finetune", "cert_loss", "models/cert/noise_base.pt",
+                                          "models/cert/headline.pt", "cert_headline")
+    robust = {"base": {"model": "models/base.pt", "records": "base"}}
+    robust.update({k: {"model": v["out"], "records": v["live"]} for k, v in finetune.items()
+                   if v["section"] == "finetune"})
+    return {"train": {"core": "models/core.pt", "base": "models/base.pt", "noise_base": "models/cert/noise_base.pt"},
+            "finetune": finetune,
+            "evaluate": {"core": {"model": "models/core.pt", "records": "core"}, **robust},
+            "adaptive": robust,
+            "certify": ["noise_base", "headline", *cert_sweep]}
+
+
+def render(section_value: dict) -> str:
+    """The section as params-file text (flow mappings, one model per line)."""
+    def flow(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {flow(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(flow(x) for x in v) + "]"
+        return str(v)
+    lines = ["pipeline:                    # the models each stage runs on (dvc.yaml's foreach): derived from",
+             "                             # sweep, seeds, cert_sweep by `python scripts/sync_pipeline.py`"]
+    for stage, models in section_value.items():
+        if isinstance(models, dict) and any(isinstance(v, dict) for v in models.values()):
+            lines.append(f"  {stage}:")
+            lines += [f"    {k}: {flow(v)}" for k, v in models.items()]
+        else:
+            lines.append(f"  {stage}: {flow(models)}")
+    return "\n".join(lines) + "\n"
