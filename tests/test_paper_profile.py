@@ -29,8 +29,9 @@ def test_paper_params_validate(paper):
         TrainConfig.from_params(paper[sec]["train"], f"{sec}.train")
         for key in paper[sweep]:
             e = sweep_entry(paper[sweep], key)
-            LossConfig.from_params({**paper[sec]["loss"], "name": e["name"], "beta": e["beta"]})
-        LossConfig.from_params({**paper[sec]["loss"], **paper[head]})
+            LossConfig.from_params({**paper[sec]["loss"], "name": e["name"], "beta": e["beta"]},
+                                   f"{sweep}.{key}")
+        LossConfig.from_params({**paper[sec]["loss"], **paper[head]}, head)
     assert paper["finetune"]["train"]["epochs"] == 50 and paper["evaluate"]["steps"] == 40
     assert abs(paper["evaluate"]["eps"] - 2 / 255) < 1e-12
     assert (paper["certify"]["n0"], paper["certify"]["n"], paper["certify"]["alpha"]) == (100, 100000, 0.001)
