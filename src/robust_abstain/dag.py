@@ -9,6 +9,7 @@ every params file holds the section its other sections imply."""
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from .params import section
@@ -31,8 +32,9 @@ def pipeline_section(params: dict) -> dict:
     finetune["cert_headline"] = _finetune("cert_finetune", "cert_loss", "models/cert/noise_base.pt",
                                           "models/cert/headline.pt", "cert_headline")
     robust = {"base": {"model": "models/base.pt", "records": "base"}}
-    robust.update({k: {"model": v["out"], "records": v["live"]} for k, v in finetune.items()
-                   if v["section"] == "finetune"})
+    robust.update({k: {"model": v["out"], "records": str(PurePosixPath(v["out"]).relative_to("models/finetune")
+                                                         .with_suffix(""))}
+                   for k, v in finetune.items() if v["section"] == "finetune"})
     return {"train": {"core": "models/core.pt", "base": "models/base.pt", "noise_base": "models/cert/noise_base.pt"},
             "finetune": finetune,
             "evaluate": {"core": {"model": "models/core.pt", "records": "core"}, **robust},

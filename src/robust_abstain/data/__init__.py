@@ -34,22 +34,25 @@ class DatasetSpec:
     args: tuple = ()
 
 
+#: the keys of :func:`subsample_splits`, which every loader of a train/val/test source accepts
+SPLIT_KEYS = ("n_train", "n_val", "n_test")
+
 #: Adding a dataset: a module here with its loader, one entry below, a ``data.<name>`` section in a
 #: params file and a test (see tests/test_data_paper.py).
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec("synthetic", "prepare_synthetic", "the paper's Figure 1: 3 Gaussians in 2-D",
                              ("n", "n_test", "val_fraction", "centers", "std", "weights")),
     "fashion_mnist": DatasetSpec("fashion_mnist", "prepare_fashion_mnist", "Fashion-MNIST (the default)",
-                                 ("root", "download_root", "val_fraction", "n_train", "n_val", "n_test")),
-    "cifar10": DatasetSpec("cifar", "prepare_cifar", "CIFAR-10", ("root", "download", "val_fraction", "n_train", "n_val", "n_test"),
+                                 ("root", "download_root", "val_fraction", *SPLIT_KEYS)),
+    "cifar10": DatasetSpec("cifar", "prepare_cifar", "CIFAR-10", ("root", "download", "val_fraction", *SPLIT_KEYS),
                            ("cifar10",)),
-    "cifar100": DatasetSpec("cifar", "prepare_cifar", "CIFAR-100", ("root", "download", "val_fraction", "n_train", "n_val", "n_test"),
-                            ("cifar100",)),
+    "cifar100": DatasetSpec("cifar", "prepare_cifar", "CIFAR-100",
+                            ("root", "download", "val_fraction", *SPLIT_KEYS), ("cifar100",)),
     "mtsd": DatasetSpec("mtsd", "prepare_mtsd", "Mapillary traffic-sign crops (see data/mtsd.py)",
-                        ("root", "size", "lambda", "slack", "min_per_class", "val_fraction", "n_train", "n_val", "n_test")),
+                        ("root", "size", "lambda", "slack", "min_per_class", "val_fraction", *SPLIT_KEYS)),
     "image_folder": DatasetSpec("image_folder", "prepare_image_folder",
                                 "any root/{train,test}/<class>/<image> tree",
-                                ("root", "name", "size", "val_fraction", "n_train", "n_val", "n_test")),
+                                ("root", "name", "size", "val_fraction", *SPLIT_KEYS)),
 }
 
 
@@ -105,8 +108,7 @@ def subsample_splits(x, y, x_va, y_va, x_te, y_te, cfg: dict[str, Any], prefix: 
     """Seeded random subsets of train / val / test as ``cfg``'s ``n_train`` / ``n_val`` / ``n_test``
     ask (absent or None: the whole split). Returns the six tensors in the same order."""
     out: list[torch.Tensor] = []
-    for (a, b), key, s in (((x, y), "n_train", seed), ((x_va, y_va), "n_val", seed + 1),
-                           ((x_te, y_te), "n_test", seed + 2)):
+    for (a, b), key, s in zip(((x, y), (x_va, y_va), (x_te, y_te)), SPLIT_KEYS, (seed, seed + 1, seed + 2)):
         n = cfg.get(key)
         out += subsample(a, b, None if n is None else count(n, f"{prefix}.{key}"), s)
     return tuple(out)
