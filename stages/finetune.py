@@ -25,7 +25,7 @@ def main() -> None:
     p, entry = stage.params(args.section, sweep_name)
     if key:
         entry = sweep_entry(entry, key)
-    override = {"name": entry["name"], "beta": entry["beta"]}
+    override = {k: v for k, v in entry.items() if k != "init"}   # init: where it starts (dvc.yaml)
     if args.seed != "default":
         seed = count(int(args.seed) if args.seed.isdigit() else args.seed, "--seed", min=0)
         p = {**p, "train": {**(p.get("train") or {}), "seed": seed}}

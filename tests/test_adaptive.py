@@ -143,7 +143,7 @@ def test_empirical_records_run_each_attack_at_its_scales():
     assert (default["sr_pred_1x"] == -1).all() and default["sr_conf_1x"].isna().all()
     assert (default["sr_pred_2x"] >= 0).all()
     both = empirical_records(Threshold(0.62), x, y, torch.arange(3), eps=0.1, steps=20, progress=False,
-                             scales={"apgd-conf": (1, 2)})
+                             sr_scales=(1, 2))
     assert (both["sr_pred_1x"] >= 0).all() and both.drop(columns=["sr_pred_1x", "sr_conf_1x"]).equals(
         default.drop(columns=["sr_pred_1x", "sr_conf_1x"]))
     near = _records(Threshold(0.62), torch.tensor([[0.65, 0.5], [0.90, 0.5]]), y[:2])
@@ -164,12 +164,15 @@ def test_evaluate_config_reads_every_profile(profile):
         cfg = EvaluateConfig.from_params(p[sec], sec)
         assert (cfg.eps, cfg.norm, cfg.steps, cfg.seed) == (p[sec]["eps"], p[sec]["norm"], p[sec]["steps"],
                                                             p[sec]["seed"])
-        assert cfg.attack_scales() == {"apgd-ce": (1, 2), "apgd-conf": tuple(p[sec]["sr_scales"])}
+        assert cfg.attacks == p[sec]["attacks"] and cfg.attacks[0] == "apgd-ce"
     attack = AttackConfig.from_evaluate(EvaluateConfig.from_params(p["evaluate"], "evaluate"))
     ev = p["evaluate"]
     assert attack == AttackConfig(eps=ev["eps"], norm=ev["norm"], steps=ev["steps"], restarts=ev["restarts"],
                                   push_steps=ev["adaptive_push_steps"], seed=ev["seed"],
-                                  batch_size=ev["batch_size"], selector_conf=1 in ev["sr_scales"])
+                                  batch_size=ev["batch_size"], selector_conf=1 in ev["sr_scales"],
+                                  attacks=tuple(ev["attacks"]), member_steps=ev.get("member_steps"),
+                                  n_target_classes=ev.get("n_target_classes"),
+                                  square_queries=ev.get("square_queries"))
 
 
 def test_evaluate_config_rejects_typos_missing_keys_and_bad_values():

@@ -11,6 +11,8 @@ from robust_abstain.analysis.records import EMPIRICAL_COLUMNS
 from robust_abstain.attacks import (APGD, ATTACKS, checkpoints, eval_mode, max_other_confidence, per_sample,
                                     pgd, project, worst_case_predictions)
 from robust_abstain.attacks.apgd import OBJECTIVES
+from robust_abstain.attacks.autoattack import MEMBERS
+from robust_abstain.attacks.registry import ROBUSTNESS
 from robust_abstain.attacks.apgd_state import Iterates, StepSizeSchedule, Worst
 from robust_abstain.errors import ParamError
 from robust_abstain.models.nets import build_model
@@ -344,11 +346,13 @@ def test_per_sample_broadcasts_along_the_batch():
 
 
 def test_attack_registry_fills_exactly_the_attack_columns_of_the_records():
-    filled = {f"{a.prefix}_{kind}_{s}x" for a in ATTACKS.values()
-              for kind in ("pred", "conf") for s in (1, 2)}
-    assert filled == set(EMPIRICAL_COLUMNS) - {"index", "label", "pred", "conf", "eps"}
-    assert all(a.objective in OBJECTIVES and set(a.default_scales) <= {1, 2} for a in ATTACKS.values())
+    base = {f"{ATTACKS[a].prefix}_{kind}_{s}x" for a in ("apgd-ce", "apgd-conf")
+            for kind in ("pred", "conf") for s in (1, 2)}
+    assert base == set(EMPIRICAL_COLUMNS) - {"index", "label", "pred", "conf", "eps"}
     assert ATTACKS["apgd-ce"].objective == "ce" and ATTACKS["apgd-conf"].objective == "conf"
+    assert all((a.objective in OBJECTIVES) != (a.member in MEMBERS) for a in ATTACKS.values())
+    assert len({a.prefix for a in ATTACKS.values()}) == len(ATTACKS)
+    assert ROBUSTNESS == ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 # ----------------------------------------------------------------------------- APGD bookkeeping

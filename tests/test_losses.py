@@ -11,8 +11,9 @@ from scipy.stats import norm
 from torch import nn
 
 from robust_abstain.errors import ParamError
-from robust_abstain.losses import (LOSSES, LossConfig, noisy_copies, cra_loss, era_term, kl_div, macer_radius,
-                                   mart_loss, most_likely_other, soft_inaccuracy, trades_terms)
+from robust_abstain.losses import (LOSSES, LossConfig, an_pgd, noisy_copies, cra_loss, era_term, kl_div,
+                                   macer_radius, mart_loss, mma_loss, most_likely_other, soft_inaccuracy,
+                                   trades_terms)
 from robust_abstain.models.nets import build_model
 
 
@@ -256,7 +257,7 @@ def test_every_loss_is_finite_and_differentiable(name):
     torch.manual_seed(0)
     model = build_model("mlp", (2,), 3, [0.5, 0.5], [0.3, 0.3])
     x, y = torch.rand(8, 2), torch.randint(0, 3, (8,))
-    cfg = LossConfig(name, beta=0.5, eps=0.05, pgd_steps=2, k=4)
+    cfg = LossConfig(name, beta=0.5, eps=0.05, pgd_steps=2, k=4, d_max=0.1)
     loss, stats = LOSSES[name].fn(model, x, y, cfg, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss.dim() == 0
     loss.backward()
@@ -298,3 +299,109 @@ def test_era_shared_variant_runs_and_differs():
 def test_bad_loss_params(params, msg):
     with pytest.raises(ParamError, match=msg):
         LossConfig.from_params(params, "loss")
+
+
+# ----------------------------------------------------------------------------- MMA (Ding et al. 2020)
+W_LIN = torch.tensor([1.0, -2.0, 0.5, 1.5])  # ||w||_1 = 5
+
+
+class TwoClassLinear(nn.Module):
+    """Logits (w.x - 0.5, 0): the Linf distance of x to the decision boundary is |w.x - 0.5| / ||w||_1,
+    reached at x -+ t sign(w), as long as the box [0, 1] allows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor(-0.5))
+
+    def forward(self, x):
+        s = x @ W_LIN + self.bias
+        return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+def _linear_points(scores):
+    """x = 0.5 + s w / ||w||_2^2, whose score w.x - 0.5 is s (margin |s| / 5); for |s| <= 1.5 it lies
+    in [0.1, 0.9]^4, and the way to the boundary, -+ sign(w), leads each coordinate towards 0.5, so
+    the box does not bind."""
+    return 0.5 + torch.tensor(scores)[:, None] * W_LIN / W_LIN.square().sum()
+
+
+def test_an_pgd_margin_of_a_linear_model_is_its_linf_distance():
+    """AN-PGD's estimate lies within [m, m + d_max / 2^n] of the exact Linf margin m < d_max, its
+    point is misclassified and lies at -+ margin * sign(w); a margin beyond d_max reads d_max."""
+    margins = [0.02, 0.05, 0.11, 0.19, 0.3, 0.07]
+    labels = [0, 0, 1, 0, 0, 1]
+    x = _linear_points([m * 5 * (1 if c == 0 else -1) for m, c in zip(margins, labels)])
+    model, y = TwoClassLinear(), torch.tensor(labels)
+    cfg = LossConfig("mma", eps=0.05, d_max=0.2, pgd_steps=5, mma_search_steps=10)
+    x_star, est = an_pgd(model, x, y, cfg, torch.Generator().manual_seed(0))
+    exact = torch.tensor(margins)
+    inside = exact < 0.2
+    assert torch.all(est[inside] >= exact[inside] - 1e-6)
+    assert torch.all(est[inside] <= exact[inside] + 0.2 / 2 ** 10 + 1e-6)
+    assert est[~inside].tolist() == [pytest.approx(0.2)]
+    assert torch.all(model(x_star).argmax(1)[inside] != y[inside])
+    towards = torch.where(y == 0, -1.0, 1.0)[:, None] * W_LIN.sign()  # the direction to the boundary
+    assert torch.allclose(x_star - x, est[:, None] * towards, atol=1e-6)
+
+
+def test_an_pgd_points_are_misclassified_within_their_margin_on_an_mlp():
+    """Guarantees of an_pgd on a nonlinear model: x_star in [0, 1], ||x_star - x||_inf <= margin <= d_max,
+    and F(x_star) != y wherever margin < d_max; the model's mode is restored."""
+    torch.manual_seed(3)
+    model = build_model("mlp", (2,), 3, [0.5, 0.5], [0.05, 0.05])  # std 0.05: boundaries inside [0, 1]^2
+    x = torch.rand(64, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    cfg = LossConfig("mma", eps=0.05, d_max=0.3, pgd_steps=5)
+    x_star, margin = an_pgd(model, x, y, cfg, torch.Generator().manual_seed(0))
+    assert model.training and x_star.min() >= 0 and x_star.max() <= 1
+    assert torch.all((x_star - x).abs().amax(1) <= margin + 1e-6) and torch.all(margin <= 0.3)
+    found = margin < 0.3
+    assert found.any() and torch.all(model(x_star[found]).argmax(1) != y[found])
+
+
+def test_mma_gives_only_clean_ce_to_hinged_and_misclassified_points():
+    """A constant model predicts class 0 whatever the input: the correct points (y = 0) are never
+    fooled within d_max (margin d_max, hinged), so L = mean CE + beta * sum_{F(x) != y} CE / B."""
+    logits = [1.0, 0.0, -1.0]
+    model, x, y = Const(logits), torch.rand(5, 2), torch.tensor([0, 0, 1, 2, 0])
+    cfg = LossConfig("mma", beta=2.0, eps=0.05, d_max=0.2, pgd_steps=3)
+    loss, st = mma_loss(model, x, y, cfg, torch.Generator().manual_seed(0))
+    lse = math.log(sum(math.exp(v) for v in logits))
+    ce = [lse - logits[c] for c in y.tolist()]
+    assert loss.item() == pytest.approx(sum(ce) / 5 + 2.0 * (ce[2] + ce[3]) / 5, rel=1e-6)
+    assert st["margin"] == pytest.approx(0.2 * 3 / 5, rel=1e-6)  # misclassified points count 0
+
+
+def test_mma_loss_is_ce_plus_beta_times_log2_at_the_boundary_on_a_linear_model():
+    """Two classes, linear: at x + delta* the score is within 5 * d_max / 2^n of 0, so each pushed
+    point's CE is log 2 (to 5e-4); L = mean CE(x) + beta * (n_pushed log 2 + sum_wrong CE(x)) / B."""
+    scores = [0.1, 0.4, -0.3, 1.5, 0.5, -0.6]  # margins 0.02, 0.08, 0.06, 0.3 (hinged), 0.1, 0.12
+    labels = [0, 0, 1, 0, 1, 0]                # the last two misclassified
+    x = _linear_points(scores)
+    model, y = TwoClassLinear(), torch.tensor(labels)
+    cfg = LossConfig("mma", beta=3.0, eps=0.05, d_max=0.2, pgd_steps=5, mma_search_steps=10)
+    loss, st = mma_loss(model, x, y, cfg, torch.Generator().manual_seed(0))
+    ce = [math.log1p(math.exp(-s if c == 0 else s)) for s, c in zip(scores, labels)]
+    ref = sum(ce) / 6 + 3.0 * (3 * math.log(2) + ce[4] + ce[5]) / 6
+    assert loss.item() == pytest.approx(ref, abs=3.0 * 3 * 5e-4 / 6 + 1e-6)
+    assert st["margin"] == pytest.approx((0.02 + 0.08 + 0.06 + 0.2) / 6, abs=1e-3)
+
+
+@pytest.mark.parametrize("params,msg", [
+    ({"name": "mma", "eps": 0.05}, "d_max"),
+    ({"name": "mma", "eps": 0.05, "d_max": 0}, "d_max"),
+    ({"name": "mma", "eps": 0.1, "d_max": 0.05}, "d_max"),
+    ({"name": "mma", "eps": 0.05, "d_max": 0.1, "mma_search_steps": 0}, "mma_search_steps"),
+    ({"name": "mma", "eps": 0.05, "d_max": 0.1, "pgd_steps": 0}, "pgd_steps"),
+    ({"name": "mma", "d_max": 0.1}, "eps"),
+])
+def test_bad_mma_params(params, msg):
+    with pytest.raises(ParamError, match=msg):
+        LossConfig.from_params(params, "loss")
+
+
+def test_mma_params_accept_d_max_at_or_above_eps():
+    for d_max in (0.05, 0.1):
+        cfg = LossConfig.from_params({"name": "mma", "beta": 2.0, "eps": 0.05, "d_max": d_max}, "loss")
+        assert cfg.d_max == d_max

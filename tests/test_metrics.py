@@ -288,8 +288,8 @@ def test_model_masks_are_the_splits_at_eps_and_2eps_in_index_order():
 def test_selector_registry_drives_specs_names_and_grids():
     """Each selector's metadata: the empirical ones are deployable (SelectorSpec), S_SR takes a
     threshold and needs APGD-conf evidence, S_CRI is certified."""
-    assert list(SELECTORS) == ["ERI", "SR", "CRI"]
-    assert [k for k, s in SELECTORS.items() if s.threshold] == ["SR"]
+    assert list(SELECTORS) == ["ERI", "SR", "NET", "CRI"]
+    assert [k for k, s in SELECTORS.items() if s.threshold] == ["SR", "NET"]
     assert [k for k, s in SELECTORS.items() if s.certified] == ["CRI"]
     df = empirical_ten()
     assert SelectorSpec("SR", 0.9).name == "SR@0.90" and SelectorSpec("ERI").name == "ERI"

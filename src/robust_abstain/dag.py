@@ -2,7 +2,9 @@
 
 DVC's ``foreach`` runs over one mapping, so the ``pipeline`` section of a params file lists, per
 stage, every model it covers: the reference models (core, robust base, noise base, fixed paths) and
-those the params name (``sweep``, ``seeds`` of the headline run, ``cert_sweep``).
+those the params name (``sweep``, ``seeds`` of the headline run, ``cert_sweep``). A sweep entry
+may start from another model than the robust base (``init: SECTION``, e.g. the MMA baseline from
+the published MMA checkpoint): that model section is then trained or brought by ``train@SECTION``.
 :func:`pipeline_section` derives that section; ``scripts/sync_pipeline.py`` writes it into a params
 file after ``sweep``, ``seeds`` or ``cert_sweep`` change, and tests/test_dvc_yaml.py checks that
 every params file holds the section its other sections imply."""
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
+from .errors import ParamError
 from .params import section
 
 
@@ -22,8 +25,9 @@ def _finetune(section_name: str, loss: str, init: str, out: str, live: str, seed
 def pipeline_section(params: dict) -> dict:
     """The ``pipeline`` section that ``params``'s ``sweep``, ``seeds`` and ``cert_sweep`` imply."""
     sweep, cert_sweep, seeds = section(params, "sweep"), section(params, "cert_sweep"), params.get("seeds", [0])
-    finetune = {k: _finetune("finetune", f"sweep.{k}", "models/base.pt", f"models/finetune/{k}.pt", k)
-                for k in sweep}
+    inits = {k: e["init"] for k, e in sweep.items() if isinstance(e, dict) and "init" in e}
+    finetune = {k: _finetune("finetune", f"sweep.{k}", f"models/{inits.get(k, 'base')}.pt",
+                             f"models/finetune/{k}.pt", k) for k in sweep}
     finetune.update({f"headline-s{s}": _finetune("finetune", "loss", "models/base.pt",
                                                   f"models/finetune/headline/s{s}.pt", f"headline/s{s}", s)
                      for s in seeds})
@@ -35,10 +39,17 @@ def pipeline_section(params: dict) -> dict:
     robust.update({k: {"model": v["out"], "records": str(PurePosixPath(v["out"]).relative_to("models/finetune")
                                                          .with_suffix(""))}
                    for k, v in finetune.items() if v["section"] == "finetune"})
-    return {"train": {"core": "models/core.pt", "base": "models/base.pt", "noise_base": "models/cert/noise_base.pt"},
+    train = {"core": "models/core.pt", "base": "models/base.pt", "noise_base": "models/cert/noise_base.pt"}
+    train.update({m: f"models/{m}.pt" for m in inits.values()})
+    baseline = section(params, "baselines").get("robust")
+    if baseline not in robust:
+        raise ParamError(f"baselines.robust must name a robust model of the pipeline, one of {sorted(robust)}, "
+                         f"got {baseline!r}")
+    return {"train": train,
             "finetune": finetune,
             "evaluate": {"core": {"model": "models/core.pt", "records": "core"}, **robust},
             "adaptive": robust,
+            "baselines": robust[baseline],
             "certify": ["noise_base", "headline", *cert_sweep]}
 
 

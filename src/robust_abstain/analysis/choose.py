@@ -153,8 +153,14 @@ def _rob_acc(rule: str) -> str:
 
 
 def _score(o: Outcome, key: str, max_nat_drop: float | None) -> tuple:
-    feasible = max_nat_drop is None or o.nat_acc >= o.core_nat_acc - max_nat_drop - 1e-12
-    return (bool(feasible), round(getattr(o, key), 12), round(o.nat_acc, 12))
+    return _rank(getattr(o, key), o.nat_acc, o.core_nat_acc, max_nat_drop)
+
+
+def _rank(rob_acc: float, nat_acc: float, core_nat_acc: float, max_nat_drop: float | None) -> tuple:
+    """The criterion of "best": feasible (losing at most ``max_nat_drop`` natural accuracy against
+    the core) first, then robust accuracy, then natural accuracy."""
+    feasible = max_nat_drop is None or nat_acc >= core_nat_acc - max_nat_drop - 1e-12
+    return (bool(feasible), round(rob_acc, 12), round(nat_acc, 12))
 
 
 class _Search:
@@ -243,3 +249,25 @@ def best_cascade(candidates: Sequence[Candidate], core_df: pd.DataFrame,
     return CascadeChoice([candidates[i].name for i in order], outcome, best_single, score[0],
                          bool(len(order) > 1 and gain > 1e-12), float(gain), rule,
                          [candidates[i].name for i in front])
+
+
+# ---------------------------------------------------------------------------------- single models
+def best_model(candidates: Sequence[tuple[str, pd.DataFrame]], core_df: pd.DataFrame,
+               max_nat_drop: float | None = 0.01) -> tuple[str, bool]:
+    """Among models that answer on their own (a mixture of the core and a robust model at one
+    setting, say), the one with the highest R_rob^acc at eps (records.robust: every attack run)
+    among those losing at most ``max_nat_drop`` natural accuracy against the core, by the same
+    criterion and ties as :func:`best_composition`; returns (name, feasible). ``candidates``:
+    (name, validation records) pairs on the core's validation points."""
+    if not candidates:
+        raise ParamError("best_model needs at least one candidate")
+    core = model_arrays(core_df, "core records")
+    best = None
+    for name, df in candidates:
+        m = model_arrays(df, f"records of {name}")
+        check_same_points([m], [f"records of {name}"], core)
+        score = _rank(float(m.robust_correct.mean()), float(m.correct.mean()), float(core.correct.mean()),
+                      max_nat_drop)
+        if best is None or score > best[0]:
+            best = (score, name)
+    return best[1], best[0][0]

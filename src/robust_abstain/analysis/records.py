@@ -14,11 +14,15 @@ Empirical records (``evaluate`` stage, Linf or L2 APGD):
     adv_pred_1x   APGD-CE prediction at the worst point found in B_eps(x), attacking F(x)
                   (so robustness is measured for inaccurate points too)
     adv_conf_1x   f(x')_{F(x)} at that point (the confidence APGD-CE left to F(x))
-    adv_pred_2x, adv_conf_2x   the same in B_2eps(x) (attacked only where the point survived eps:
-                  elsewhere adv_pred_2x = adv_pred_1x and adv_conf_2x is NaN)
+    adv_pred_2x, adv_conf_2x   the same in B_2eps(x) (attacked only where APGD-CE left the point
+                  robust at eps: elsewhere adv_pred_2x = adv_pred_1x and adv_conf_2x is NaN)
     sr_pred_2x    APGD-conf (17) in B_2eps(x): prediction at the point maximising max_{c!=F(x)} f_c
     sr_conf_2x    f(x')_{F(x)} at that point (the softmax-response confidence an attacker reached)
     sr_pred_1x, sr_conf_1x   the same in B_eps(x)
+    <prefix>_pred_<s>x, <prefix>_conf_<s>x   (optional) the same for every further attack of the
+                  evaluate list (``apgdt``: APGD-T, ``fabt``: FAB-T, ``square``: Square), run only on
+                  the points every earlier attack of the list left unchanged at that scale (-1 / NaN
+                  where it did not run); attacks.ATTACKS names them
 
 Certified records (``certify`` stage, randomized smoothing, L2):
     index, label, pred (base model's natural prediction), conf
@@ -38,6 +42,8 @@ a subset of them, and only counted points can lose); other points may be missing
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -47,9 +53,7 @@ ABSTAIN = -1
 
 EMPIRICAL_COLUMNS = ["index", "label", "pred", "conf", "eps", "adv_pred_1x", "adv_conf_1x",
                      "adv_pred_2x", "adv_conf_2x", "sr_pred_1x", "sr_conf_1x", "sr_pred_2x", "sr_conf_2x"]
-#: the attack runs of the empirical records, as (prediction, confidence) column prefixes; a run
-#: that was not made holds prediction -1 and confidence NaN
-ATTACKS = (("adv_pred", "adv_conf"), ("sr_pred", "sr_conf"))
+_ATTACK_COLUMN = re.compile(r"^(\w+)_pred_([12])x$")
 ADAPTIVE_COLUMNS = ["index", "h_adv_wrong"]
 CERTIFIED_COLUMNS = ["index", "label", "pred", "conf", "smooth_pred", "cert_pred", "cert_radius"]
 CERTIFIED_DTYPES = {"index": "int64", "label": "int64", "pred": "int64", "conf": "float64",
@@ -70,20 +74,42 @@ def accurate(df: pd.DataFrame) -> np.ndarray:
     return (df["pred"] == df["label"]).to_numpy()
 
 
+def attack_prefixes(df: pd.DataFrame, scale: int = 1) -> list[str]:
+    """The record column prefixes of every attack run at ``scale`` (``adv``, ``sr``, and those of the
+    further attacks of the evaluate list), in column order: each has ``<prefix>_pred_<scale>x`` and
+    ``<prefix>_conf_<scale>x``."""
+    out = []
+    for c in df.columns:
+        m = _ATTACK_COLUMN.match(str(c))
+        if m and int(m.group(2)) == scale:
+            out.append(m.group(1))
+    return out
+
+
+def attack_broke(df: pd.DataFrame, prefix: str, scale: int) -> np.ndarray:
+    """Where the attack with column ``prefix`` changed F(x) at ``scale`` (False where it did not run)."""
+    adv = df[f"{prefix}_pred_{scale}x"].to_numpy()
+    return (adv != df["pred"].to_numpy()) & (adv != ABSTAIN)
+
+
 def robust(df: pd.DataFrame, scale: int = 1) -> np.ndarray:
-    """F robust on B_{scale * eps}(x): **no** attack run at that scale (APGD-CE, and APGD-conf where
-    it was run) changed the prediction F(x).
+    """F robust on B_{scale * eps}(x): **no** attack run at that scale (APGD-CE, every further
+    attack of the evaluate list, and APGD-conf where it was run) changed the prediction F(x).
 
     Per-sample worst case over every attack: B_eps is inside B_2eps, so a point non-robust at eps
-    is non-robust at 2 eps even if the 2 eps attacks missed it."""
+    is non-robust at 2 eps even if the 2 eps attacks missed it. APGD-CE (``adv``) must have run at
+    every point; another attack's -1 means "not run" (the list skips points already broken)."""
     if scale not in (1, 2):
         raise ValueError(f"scale must be 1 or 2, got {scale}")
     pred = df["pred"].to_numpy()
     ok = np.ones(len(df), dtype=bool)
     for s in range(1, scale + 1):
-        for p, _ in ATTACKS:
-            adv = df[f"{p}_{s}x"].to_numpy()
-            ok &= (adv == pred) | ((adv == ABSTAIN) & (p != "adv_pred"))
+        if f"adv_pred_{s}x" not in df.columns:
+            raise DataError(f"records lack adv_pred_{s}x: APGD-CE's verdict is the evidence every other "
+                            f"attack adds to")
+        for p in attack_prefixes(df, s):
+            adv = df[f"{p}_pred_{s}x"].to_numpy()
+            ok &= (adv == pred) | ((adv == ABSTAIN) & (p != "adv"))
     return ok
 
 
@@ -91,7 +117,7 @@ def worst_confidence(df: pd.DataFrame, scale: int = 2) -> np.ndarray:
     """The lowest confidence f(x')_{F(x)} any attack run reached in B_{scale * eps}(x) (NaN runs
     ignored; the clean ``conf`` included, x being in its own ball). Softmax-response robust selection
     at tau needs this to stay >= tau."""
-    cols = ["conf"] + [f"{c}_{s}x" for s in range(1, scale + 1) for _, c in ATTACKS]
+    cols = ["conf"] + [f"{p}_conf_{s}x" for s in range(1, scale + 1) for p in attack_prefixes(df, s)]
     return np.nanmin(df[cols].to_numpy(float), axis=1)
 
 

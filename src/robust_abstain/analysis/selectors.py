@@ -14,6 +14,8 @@ Selectors (the registry :data:`SELECTORS` holds them with their metadata):
     (10)/(14) S_ERI  empirical robustness indicator of F          :func:`eri`
     (11)      S_CRI  certified robustness indicator of smoothed G  :func:`cri` (rule "sound"/"paper")
     (13)      S_SR   softmax response at threshold tau            :func:`softmax_response`
+    (ACE)     S_NET  a learned selection network at threshold tau :func:`selection_net`
+                     (Mueller et al. 2021; trained by evaluation/selection_net.py)
 
 Adding a selector: its function here, one :class:`SelectorKind` entry in :data:`SELECTORS`, a params
 entry if it needs one, and a test. Abstain models of a selector are scored in abstain.py.
@@ -144,6 +146,59 @@ def softmax_response_sweep(df: pd.DataFrame, taus: np.ndarray | None = None) -> 
     return [_sr_select(ev, float(t)) for t in taus]
 
 
+# ---------------------------------------------------------------------------------- S_NET
+NET_COLUMNS = ["net_score", "net_score_min"]
+
+
+def has_selection_net(df: pd.DataFrame) -> bool:
+    """True when the records hold a selection network's scores (the ``selection_net`` stage's
+    records: F_robust's records plus :data:`NET_COLUMNS`)."""
+    return all(c in df.columns for c in NET_COLUMNS)
+
+
+def _net_evidence(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    df = by_index(check(df, EMPIRICAL_COLUMNS, "empirical records"))
+    if not has_selection_net(df):
+        raise DataError(f"records lack the selection network's columns {NET_COLUMNS}: use the "
+                        f"selection_net stage's records to use S_NET")
+    score, low = df["net_score"].to_numpy(float), df["net_score_min"].to_numpy(float)
+    if not (np.isfinite(score).all() and np.isfinite(low).all()):
+        raise DataError("records: net_score and net_score_min must be finite at every point")
+    return {"index": df["index"].to_numpy(), "score": score, "score_min": low, "robust_2x": robust(df, 2)}
+
+
+def _net_select(ev: dict[str, np.ndarray], tau: float) -> Selection:
+    if not (0.0 <= float(tau) <= 1.0):
+        raise ParamError(f"selection-network threshold tau must be in [0, 1], got {tau!r}")
+    sel = ev["score"] >= tau
+    rob = sel & (ev["score_min"] >= tau) & ev["robust_2x"]
+    return Selection(f"NET@{tau:.2f}", ev["index"], sel, rob, {"tau": float(tau)})
+
+
+def selection_net(df: pd.DataFrame, tau: float) -> Selection:
+    """S_NET(x) = 1{sigmoid(s(x)) >= tau} for a learned selection network s (ACE, Mueller et al.
+    2021), used as S in (12).
+
+    selected(x)          = net_score >= tau (the network's score at x)
+    robustly_selected(x) = net_score >= tau, the lowest score an attack on the network found in
+                           B_eps(x) (``net_score_min``) stays >= tau, so its own decision holds on
+                           B_eps(x), **and** F_robust is robust on B_2eps(x) (records.robust(df, 2):
+                           the project's robust-selection rule, Appendix A.3).
+
+    Example::
+
+        >>> selection_net(net_records, 0.7).robust_selection       # R_rob^sel of S_NET at tau 0.7
+    """
+    return _net_select(_net_evidence(df), float(tau))
+
+
+def selection_net_sweep(df: pd.DataFrame, taus: np.ndarray | None = None) -> list[Selection]:
+    """S_NET at every tau of ``taus`` (default :data:`TAU_GRID`)."""
+    taus = TAU_GRID if taus is None else np.asarray(taus, dtype=float)
+    ev = _net_evidence(df)
+    return [_net_select(ev, float(t)) for t in taus]
+
+
 # ---------------------------------------------------------------------------------- S_CRI
 def cri(df: pd.DataFrame, eps: float, rule: str = "sound") -> Selection:
     """(11) S_CRI(x) = 1{smoothed G certifies x with an L2 radius of at least eps}.
@@ -193,6 +248,8 @@ SELECTORS: dict[str, SelectorKind] = {
     "ERI": SelectorKind("ERI", "(10)/(14)", certified=False, threshold=False, select=eri),
     "SR": SelectorKind("SR", "(13)", certified=False, threshold=True, select=softmax_response,
                        available=has_softmax_response, sweep=softmax_response_sweep),
+    "NET": SelectorKind("NET", "(ACE)", certified=False, threshold=True, select=selection_net,
+                        available=has_selection_net, sweep=selection_net_sweep),
     "CRI": SelectorKind("CRI", "(11)", certified=True, threshold=False, select=cri),
 }
 #: the selector of the paper's headline composition (Table 1), the one others are matched against

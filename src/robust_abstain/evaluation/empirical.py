@@ -2,14 +2,18 @@
 
 Guarantees: the model is in eval mode (its modes are restored afterwards); attacks stay in B_eps(x)
 and [0, 1] (attacks/); robustness is tested for every point against its own prediction F(x), so
-robust *inaccuracy* is measured too; ``adv_pred_2x`` is only attacked where the point survived eps
-(the per-sample worst case makes the others non-robust at 2 eps anyway). The attacks run are those
-of :data:`robust_abstain.attacks.ATTACKS`."""
+robust *inaccuracy* is measured too. The robustness attacks of the evaluate list (``attacks``,
+AutoAttack's ``attacks_to_run``) run in order, at eps and then at 2 eps, each only on the points
+every earlier one left robust (at 2 eps: the points robust at eps under the whole list), so the
+records hold each attack's own verdict and ``records.robust`` the per-point worst case; APGD-conf
+(17) runs at ``sr_scales`` on every point (softmax response needs its lowest confidence)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -17,23 +21,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis.records import EMPIRICAL_COLUMNS
-from ..attacks import ATTACKS, NORMS, AttackInfo, eval_mode, worst_case_predictions
+from ..attacks import ATTACKS, NORMS, eval_mode, worst_case_predictions
+from ..attacks.autoattack import AttackBudget, attack_predictions
+from ..attacks.common import model_device
+from ..attacks.registry import PAPER_DEFAULT, ROBUSTNESS
+from ..errors import ParamError
 from ..params import Section, choice, count, non_negative, scales
 
 
 @dataclass(frozen=True)
 class EvaluateConfig(Section):
-    """An ``evaluate`` or ``evaluate_l2`` params section: the threat model (``norm``, ``eps``),
-    APGD's budget, the test points attacked, and the scales APGD-conf (17) runs at."""
+    """An ``evaluate`` or ``evaluate_l2`` params section: the threat model (``norm``, ``eps``), the
+    robustness attacks run in order (``attacks``; APGD-CE first) and their budgets, the test points
+    attacked, and the scales APGD-conf (17) runs at."""
 
     norm: str
     eps: float
+    attacks: list[str]
     steps: int
     restarts: int
     n_points: int
     batch_size: int
     sr_scales: list[int]
     seed: int
+    member_steps: int | None = None         # APGD-T and FAB-T iterations
+    n_target_classes: int | None = None     # APGD-T and FAB-T: target classes tried
+    square_queries: int | None = None       # Square's query budget
     n_val_points: int | None = None         # validation points (needed for the validation records)
     adaptive_push_steps: int | None = None  # PGD steps of the adaptive attack's push stages
     device: str = "auto"
@@ -45,19 +58,41 @@ class EvaluateConfig(Section):
             count(getattr(self, key), f"{prefix}.{key}")
         scales(self.sr_scales, f"{prefix}.sr_scales")
         count(self.seed, f"{prefix}.seed", min=0)
-        for key in ("n_val_points", "adaptive_push_steps"):
+        check_attack_list(self.attacks, f"{prefix}.attacks")
+        for key in ("n_val_points", "adaptive_push_steps", "member_steps", "n_target_classes", "square_queries"):
             if getattr(self, key) is not None:
                 count(getattr(self, key), f"{prefix}.{key}")
+        needs = {"member_steps": ("apgd-t", "fab-t"), "n_target_classes": ("apgd-t", "fab-t"),
+                 "square_queries": ("square",)}
+        for key, names in needs.items():
+            used = [a for a in self.attacks if a in names]
+            if used and getattr(self, key) is None:
+                raise ParamError(f"{prefix} lacks ['{key}'], needed by the attacks {used}")
 
-    def attack_scales(self) -> dict[str, tuple[int, ...]]:
-        """The scales (1: eps, 2: 2 eps) each attack of ATTACKS runs at."""
-        return {name: a.default_scales if a.scales_param is None else tuple(getattr(self, a.scales_param))
-                for name, a in ATTACKS.items()}
+    def budget(self) -> AttackBudget:
+        """The attack list's budgets."""
+        return AttackBudget(norm=self.norm, steps=self.steps, restarts=self.restarts,
+                            member_steps=self.member_steps, n_target_classes=self.n_target_classes, square_queries=self.square_queries,
+                            seed=self.seed, batch_size=self.batch_size)
+
+
+def check_attack_list(attacks: Sequence[str], key: str) -> list[str]:
+    """A robustness-attack list: known names, no repeats, APGD-CE first (the paper's attack; the
+    records' ``adv`` columns, which every downstream rule reads)."""
+    if not isinstance(attacks, (list, tuple)) or not attacks:
+        raise ParamError(f"{key} must be a non-empty list of attacks from {list(ROBUSTNESS)}, got {attacks!r}")
+    for a in attacks:
+        choice(a, key, ROBUSTNESS)
+    if len(set(attacks)) != len(attacks):
+        raise ParamError(f"{key} names an attack twice: {list(attacks)}")
+    if attacks[0] != "apgd-ce":
+        raise ParamError(f"{key} must start with 'apgd-ce' (the records' adv columns), got {list(attacks)}")
+    return list(attacks)
 
 
 def natural(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, max softmax confidence) on clean inputs, with the model in eval mode."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     with eval_mode(model), torch.no_grad():
         probs = torch.cat([F.softmax(model(x[i:i + batch_size].to(dev)), 1).cpu()
                            for i in range(0, len(x), batch_size)])
@@ -65,51 +100,106 @@ def natural(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[
     return pred, conf
 
 
-def _attack_columns(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, conf: torch.Tensor,
-                    eps: float, info: AttackInfo, run_scales: Sequence[int], **kw
-                    ) -> dict[str, torch.Tensor]:
-    """The record columns of one attack: ``<prefix>_pred_<s>x`` and ``<prefix>_conf_<s>x`` for
-    s = 1, 2 (-1 / NaN at a scale it does not run at)."""
-    def attack(xs: torch.Tensor, ys: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return worst_case_predictions(model, xs, ys, radius, objective=info.objective,
-                                      stop_when_fooled=info.stop_when_fooled, **kw)
+def _run(model: nn.Module, name: str, x: torch.Tensor, target: torch.Tensor, radius: float,
+         budget: AttackBudget, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attack of :data:`ATTACKS` against ``target``: (prediction, confidence left to target)."""
+    info = ATTACKS[name]
+    if info.objective is not None:
+        return worst_case_predictions(model, x, target, radius, norm=budget.norm, steps=budget.steps,
+                                      restarts=budget.restarts, objective=info.objective, seed=budget.seed,
+                                      batch_size=budget.batch_size, progress=progress,
+                                      stop_when_fooled=info.stop_when_fooled)
+    return attack_predictions(info.member, model, x, target, radius, budget, progress)
 
+
+@dataclass
+class AttackCost:
+    """What each attack of a list cost, both scales together: ``seconds`` (wall time, for logs and
+    benchmarks: it depends on the machine) and ``evaluations`` (images passed through the model,
+    forward passes of gradient steps included: the same on every machine), by attack name."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    evaluations: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def measure(self, model: nn.Module, name: str) -> Iterator[None]:
+        n = [0]
+        hook = model.register_forward_pre_hook(lambda _m, args: n.__setitem__(0, n[0] + len(args[0])))
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            hook.remove()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            self.evaluations[name] = self.evaluations.get(name, 0) + n[0]
+
+
+def attack_list(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, eps: float, attacks: Sequence[str],
+                budget: AttackBudget, progress: bool = False, cost: AttackCost | None = None,
+                scales: Sequence[int] = (1, 2)) -> dict[str, torch.Tensor]:
+    """The robustness attacks ``attacks`` in order against F(x) = ``pred``, at eps then 2 eps (the
+    ``scales`` asked for), each on the points still robust (AutoAttack's convention): the columns
+    ``<prefix>_pred_<s>x`` and ``<prefix>_conf_<s>x`` of each (-1 / NaN where it did not run).
+    APGD-CE, first in every list, is the exception: at 2 eps it attacks every point it left robust
+    at eps, and repeats its eps prediction where it broke the point there, so its own verdict is
+    complete at both radii (the attacks after it add to it, reports/strength.md).
+    ``cost`` (if given) receives what each attack cost."""
+    cols: dict[str, torch.Tensor] = {}
+    alive = torch.ones(len(pred), dtype=torch.bool)
+    cost = cost if cost is not None else AttackCost()
+    for s in scales:
+        for name in attacks:
+            prefix = ATTACKS[name].prefix
+            adv, conf = torch.full_like(pred, -1), torch.full((len(pred),), float("nan"))
+            on = alive
+            if s == 2 and name == "apgd-ce" and "adv_pred_1x" in cols:
+                # APGD-CE, which every list starts with, attacks at 2 eps every point it left robust
+                # at eps (so its own verdict is complete); where it broke the point it keeps that
+                adv = cols["adv_pred_1x"].clone()
+                on = adv == pred
+            at = on.nonzero().squeeze(1)
+            with cost.measure(model, name):
+                if len(at):
+                    adv[at], conf[at] = _run(model, name, x[at], pred[at], s * eps, budget, progress)
+            alive &= (adv == pred) | (adv == -1)
+            cols[f"{prefix}_pred_{s}x"], cols[f"{prefix}_conf_{s}x"] = adv, conf
+    return cols
+
+
+def selector_attack(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, eps: float, run_scales: Sequence[int],
+                    budget: AttackBudget, progress: bool = False) -> dict[str, torch.Tensor]:
+    """APGD-conf (17) on every point at the scales ``run_scales``: the ``sr_*`` columns."""
     cols: dict[str, torch.Tensor] = {}
     for s in (1, 2):
-        p_col, c_col = f"{info.prefix}_pred_{s}x", f"{info.prefix}_conf_{s}x"
-        if s not in run_scales:
-            cols[p_col], cols[c_col] = torch.full_like(pred, -1), torch.full_like(conf, float("nan"))
-        elif s == 2 and info.survivors_only and 1 in run_scales:
-            adv, aconf = cols[f"{info.prefix}_pred_1x"].clone(), torch.full_like(conf, float("nan"))
-            alive = (adv == pred).nonzero().squeeze(1)
-            if len(alive):
-                adv[alive], aconf[alive] = attack(x[alive], pred[alive], 2 * eps)
-            cols[p_col], cols[c_col] = adv, aconf
+        if s in run_scales:
+            cols[f"sr_pred_{s}x"], cols[f"sr_conf_{s}x"] = _run(model, "apgd-conf", x, pred, s * eps, budget,
+                                                                progress)
         else:
-            cols[p_col], cols[c_col] = attack(x, pred, s * eps)
+            cols[f"sr_pred_{s}x"] = torch.full_like(pred, -1)
+            cols[f"sr_conf_{s}x"] = torch.full((len(pred),), float("nan"))
     return cols
 
 
 def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                       eps: float, norm: str = "linf", steps: int = 40, restarts: int = 1,
-                      seed: int = 0, batch_size: int = 500,
-                      scales: Mapping[str, Sequence[int]] | None = None,
-                      progress: bool = True) -> pd.DataFrame:
-    """Per-sample records (records.EMPIRICAL_COLUMNS) at eps and 2 eps: the clean prediction and
-    confidence, then each attack of ATTACKS against F(x) (APGD-CE: its prediction and the
-    confidence it left to F(x); APGD-conf (17) for softmax response).
+                      seed: int = 0, batch_size: int = 500, sr_scales: Sequence[int] = (2,),
+                      attacks: Sequence[str] = PAPER_DEFAULT, budget: AttackBudget | None = None,
+                      progress: bool = True, cost: AttackCost | None = None) -> pd.DataFrame:
+    """Per-sample records (records.EMPIRICAL_COLUMNS, then the columns of the list's further
+    attacks) at eps and 2 eps: the clean prediction and confidence, the robustness attacks of
+    ``attacks`` in order against F(x) (:func:`attack_list`), and APGD-conf (17) at ``sr_scales``
+    for softmax response (2 eps is what robust selection needs; -1 / NaN at scales not run).
 
-    ``scales``: the scales (1: eps, 2: 2 eps) each attack runs at, by name (see
-    :meth:`EvaluateConfig.attack_scales`); an attack not named runs at its ``default_scales``
-    (APGD-CE at both, APGD-conf at 2 eps, which is what robust selection needs). Columns of scales
-    not run hold -1 / NaN, which the selectors read as "not run"."""
-    run_scales = {name: a.default_scales for name, a in ATTACKS.items()} | dict(scales or {})
-    kw = dict(norm=norm, steps=steps, restarts=restarts, seed=seed, batch_size=batch_size,
-              progress=progress)
+    ``budget``: the attacks' budgets (:meth:`EvaluateConfig.budget`); without it, one made of
+    ``norm``, ``steps``, ``restarts``, ``seed`` and ``batch_size`` (enough for APGD). ``cost``
+    (if given) receives what each robustness attack cost."""
+    budget = budget or AttackBudget(norm=norm, steps=steps, restarts=restarts, seed=seed, batch_size=batch_size)
+    attacks = check_attack_list(attacks, "attacks")
     with eval_mode(model):
         pred, conf = natural(model, x)
         cols = {"index": index, "label": y, "pred": pred, "conf": conf, "eps": torch.full_like(conf, eps)}
-        for name, info in ATTACKS.items():
-            cols.update(_attack_columns(model, x, pred, conf, eps, info, run_scales[name], **kw))
+        robust_cols = attack_list(model, x, pred, eps, attacks, budget, progress, cost)
+        cols |= robust_cols | selector_attack(model, x, pred, eps, sr_scales, budget, progress)
     df = pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()})
-    return df[EMPIRICAL_COLUMNS]
+    extra = [c for c in robust_cols if c not in EMPIRICAL_COLUMNS]
+    return df[EMPIRICAL_COLUMNS + extra]

@@ -24,16 +24,21 @@ Choices where the authors' code departs from the paper all documented here:
   smoothed classifier is (see :func:`macer_radius`).
 * L_noise (8): CE of each noisy copy (Cohen et al.'s Gaussian augmentation), averaged over the k
   draws; the authors' CE of the mean logits is available as ``noise_ce="mean_logits"``.
+* MMA (baseline, Ding et al. 2020): L = CE(f(x), y) + beta * L_MMA, so beta = 2 is the paper's
+  MMA-d_max (1/3 clean CE, 2/3 L_MMA) up to a factor 3. Its AN-PGD runs PGD at radius d_max, then
+  again at that first margin estimate (the authors run one PGD, at each example's previous-epoch
+  margin: a memory a loss of one batch lacks), and bisects for the argmax decision boundary (the
+  authors: the soft logit margin's zero) with ``mma_search_steps`` steps (see :func:`an_pgd`).
 """
 
-from .adversarial import (ce_loss, dga_loss, era_attack, era_loss, era_term, mart_loss, trades_attack,
-                          trades_loss, trades_terms)
+from .adversarial import (an_pgd, ce_loss, dga_loss, era_attack, era_loss, era_term, mart_loss, mma_loss,
+                          soft_logit_margin, trades_attack, trades_loss, trades_terms)
 from .common import Stats, eval_mode, kl_div, most_likely_other, soft_inaccuracy
 from .config import LossConfig
 from .registry import LOSSES, LossFn, LossSpec, get_loss
 from .smoothing import cra_loss, macer_radius, noise_loss, noisy_copies
 
-__all__ = ["LOSSES", "LossConfig", "LossFn", "LossSpec", "Stats", "ce_loss", "cra_loss", "dga_loss",
+__all__ = ["LOSSES", "LossConfig", "LossFn", "LossSpec", "Stats", "an_pgd", "ce_loss", "cra_loss", "dga_loss",
            "era_attack", "era_loss", "era_term", "eval_mode", "get_loss", "kl_div", "macer_radius",
-           "mart_loss", "most_likely_other", "noise_loss", "noisy_copies", "soft_inaccuracy", "trades_attack",
-           "trades_loss", "trades_terms"]
+           "mart_loss", "mma_loss", "most_likely_other", "noise_loss", "noisy_copies", "soft_inaccuracy",
+           "soft_logit_margin", "trades_attack", "trades_loss", "trades_terms"]

@@ -1,10 +1,13 @@
-"""Empirical-robustness objectives: CE (the core model), (5) TRADES, (4) ERA, MART, (18) DGA."""
+"""Empirical-robustness objectives: CE (the core model), (5) TRADES, (4) ERA, MART, (18) DGA, MMA."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
+from ..attacks.common import per_sample
 from ..attacks.pgd import pgd
 from .common import _attack, eval_mode, kl_div, most_likely_other, soft_inaccuracy
 from .config import LossConfig
@@ -113,3 +116,111 @@ def dga_loss(model, x, y, cfg: LossConfig, generator=None):
     joint = F.softmax(torch.cat([logits_nat, logits_adv.gather(1, target[:, None])], dim=1), dim=1)
     gamble = -torch.log(joint.gather(1, y[:, None]).squeeze(1) + joint[:, -1] + 1e-12).mean()
     return cfg.beta * trades + gamble, {**st, "trades": trades.item(), "gamble": gamble.item()}
+
+
+# ----------------------------------------------------------------------------- MMA (baseline)
+def soft_logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log sum_{c != y} exp f(x)_c - f(x)_y per sample: the smooth margin loss AN-PGD ascends.
+
+    It bounds the logit margin max_{c != y} f(x)_c - f(x)_y from above, so it is < 0 only where
+    F(x) = y."""
+    others = torch.logsumexp(logits.scatter(1, y[:, None], float("-inf")), dim=1)
+    return others - logits.gather(1, y[:, None]).squeeze(1)
+
+
+#: AN-PGD's second PGD runs at each point's first margin estimate, a multiple of d_max / AN_PGD_LEVELS
+#: (log2 of it bisection steps): one PGD call per level, so at most this many calls.
+AN_PGD_LEVELS = 4
+
+
+def _on_segment(x: torch.Tensor, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x + t u per sample; clamped to [0, 1] only against float rounding (x and x + radius u are in it)."""
+    return (x + per_sample(t, x) * u).clamp(0.0, 1.0)
+
+
+def _first_fooling(model, x, y, x_far, radius, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bisection on the segment x + t u, u = (x_far - x) / radius, t in [0, radius] (per sample), for
+    the smallest t with F(x + t u) != y: returns (t, u). t only takes values seen to fool f, so
+    t < radius means x + t u is misclassified; t = radius where no tested t fooled f."""
+    u = (x_far - x) / per_sample(radius, x)
+    lo, hi = torch.zeros_like(radius), radius.clone()
+    with torch.no_grad():
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            fooled = model(_on_segment(x, u, mid)).argmax(1) != y
+            hi, lo = torch.where(fooled, mid, hi), torch.where(fooled, lo, mid)
+    return hi, u
+
+
+def an_pgd(model, x, y, cfg: LossConfig, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MMA's AN-PGD (Ding et al. 2020, Algorithm 1): the shortest successful perturbation of each
+    correctly classified ``x``, searched up to the radius ``cfg.d_max``; run in eval mode.
+
+    1. PGD in B_{d_max}(x) ascends the soft logit margin (``cfg.pgd_steps`` steps, random start,
+       step size ``cfg.step_size``, by default 2.5 * radius / steps as in the authors' code): x_d.
+       On the segment from x to x_d (in [0, 1], as a convex combination), 2 bisection steps find
+       the first estimate d1 on the grid of multiples of d_max / AN_PGD_LEVELS (:func:`_first_fooling`).
+    2. PGD again, at the radius d1, and ``cfg.mma_search_steps`` bisection steps on its segment;
+       the shorter of the two successful perturbations is kept.
+
+    Returns ``(x_star, margin)``, x_star = x + delta* in [0, 1] with ||delta*|| <= margin. Where
+    ``margin < d_max``, F(x_star) != y and margin, the estimate of the margin d(x, y), lies within
+    d1 / 2^n (n = ``mma_search_steps``) above a crossing of the decision boundary on the second
+    segment (for a linear model, whose PGD points are corners towards its boundary, that crossing is
+    the exact Linf distance), or, where the second PGD found nothing shorter, margin = d1. Where
+    nothing shorter than d_max fooled f, margin = d_max.
+
+    Why two PGDs: PGD at a radius far above the margin tends to find a direction that crosses the
+    boundary late, so it overestimates margins. The authors run PGD at each example's margin
+    estimate from the previous epoch, a per-example memory that a loss of (model, x, y) lacks;
+    step 1 stands in for it."""
+    def attack(mask, radius: float):
+        return _attack(model, lambda xa: soft_logit_margin(model(xa), y[mask]), x[mask],
+                       replace(cfg, eps=radius), generator)
+
+    with eval_mode(model):
+        everyone = torch.ones_like(y, dtype=torch.bool)
+        margin, u = _first_fooling(model, x, y, attack(everyone, cfg.d_max),
+                                   x.new_full((len(x),), cfg.d_max), AN_PGD_LEVELS.bit_length() - 1)
+        x_star, trial = _on_segment(x, u, margin), margin.clone()
+        for radius in trial.unique().tolist():
+            on = trial == radius
+            m2, u2 = _first_fooling(model, x[on], y[on], attack(on, radius), trial[on], cfg.mma_search_steps)
+            shorter = m2 < margin[on]
+            margin[on] = torch.where(shorter, m2, margin[on])
+            x2 = _on_segment(x[on], u2, m2)
+            x_star[on] = torch.where(per_sample(shorter, x2), x2, x_star[on])
+    return x_star.detach(), margin
+
+
+def mma_loss(model, x, y, cfg: LossConfig, generator=None):
+    """MMA (Ding et al. 2020) with its clean term: L = CE(f(x), y) + beta * L_MMA, where
+
+        L_MMA = 1/B [ sum_{i: F(x_i) = y_i, d_i < d_max} CE(f(x_i + delta*_i), y_i)
+                      + sum_{j: F(x_j) != y_j} CE(f(x_j), y_j) ],
+
+    delta*_i and d_i from :func:`an_pgd`. Correctly classified points whose margin reaches ``d_max``
+    get no MMA term (the hinge of the paper's L_MMA); misclassified points get clean CE. Minimising
+    CE at the shortest successful perturbation pushes the decision boundary away from x, i.e.
+    raises the input-space margin (the paper's link between the adversarial loss and the margin).
+
+    ``beta`` is the MMA weight: the paper's trained models, MMA-d_max, weigh clean CE 1/3 and L_MMA
+    2/3, which is beta = 2 up to a factor 3 on the whole loss; beta = 0 is clean CE. F(x) comes from
+    an eval-mode forward (as ERA's prediction); the margin is the distance to the argmax decision
+    boundary (the authors' code searches the soft logit margin's zero, slightly inside it). Stats:
+    ``margin`` is the batch mean of min(d_i, d_max) with 0 for misclassified points (the quantity
+    the authors select checkpoints by)."""
+    with torch.no_grad(), eval_mode(model):
+        correct = model(x).argmax(1) == y
+    margin = x.new_zeros(len(x))
+    logits_nat = model(x)
+    ce_nat = F.cross_entropy(logits_nat, y, reduction="none")
+    pushed = logits_nat.new_zeros(())
+    if correct.any():
+        x_star, margin[correct] = an_pgd(model, x[correct], y[correct], cfg, generator)
+        below = margin[correct] < cfg.d_max
+        if below.any():
+            pushed = F.cross_entropy(model(x_star[below]), y[correct][below], reduction="sum")
+    mma = (pushed + ce_nat[~correct].sum()) / len(x)
+    ce = ce_nat.mean()
+    return ce + cfg.beta * mma, {"ce": ce.item(), "mma": mma.item(), "margin": margin.mean().item()}

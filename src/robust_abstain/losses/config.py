@@ -24,6 +24,8 @@ class LossConfig(Section):
     k_noise: int = 1
     inv_temp: float = 4.0        # MACER's inverse softmax temperature G in (9)
     noise_ce: str = "per_draw"   # "per_draw" | "mean_logits" (authors' CRA classification term)
+    d_max: float | None = None   # MMA's margin cap (its hinge); required for mma, >= eps
+    mma_search_steps: int = 10   # MMA's AN-PGD bisection steps (margin precision d_max / 2^n)
 
     def validate(self, prefix: str = "loss") -> None:
         from .registry import LOSSES
@@ -42,5 +44,13 @@ class LossConfig(Section):
         count(self.k_noise, f"{prefix}.k_noise")
         positive(self.inv_temp, f"{prefix}.inv_temp")
         choice(self.noise_ce, f"{prefix}.noise_ce", ["per_draw", "mean_logits"])
+        if self.d_max is not None:
+            positive(self.d_max, f"{prefix}.d_max")
+        count(self.mma_search_steps, f"{prefix}.mma_search_steps")
         if LOSSES[self.name].kind == "adversarial" and self.eps <= 0:
             raise ParamError(f"{prefix}.eps must be > 0 for the adversarial loss {self.name!r}")
+        if self.name == "mma":  # margins are pushed up to d_max: below eps MMA cannot aim at eps
+            if self.d_max is None or self.d_max < self.eps:
+                raise ParamError(f"{prefix}.d_max must be set and >= {prefix}.eps ({self.eps}) for the "
+                                 f"loss 'mma', got {self.d_max!r}")
+            count(self.pgd_steps, f"{prefix}.pgd_steps")  # the search direction comes from PGD

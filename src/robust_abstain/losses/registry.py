@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ParamError
-from .adversarial import ce_loss, dga_loss, era_loss, mart_loss, trades_loss
+from .adversarial import ce_loss, dga_loss, era_loss, mart_loss, mma_loss, trades_loss
 from .common import Stats
 from .config import LossConfig
 from .smoothing import cra_loss, noise_loss
@@ -44,6 +44,7 @@ LOSSES: dict[str, LossSpec] = {
     "era": LossSpec(era_loss, "adversarial", "ERA", "(4)", reference="trades"),
     "mart": LossSpec(mart_loss, "adversarial", "MART"),
     "dga": LossSpec(dga_loss, "adversarial", "DGA", "(18)"),
+    "mma": LossSpec(mma_loss, "adversarial", "MMA"),  # baseline (Ding et al. 2020), like MART
     "noise": LossSpec(noise_loss, "noise", "noise", "(8)"),
     "cra": LossSpec(cra_loss, "noise", "CRA", "(7), (9)", reference="noise"),
 }

@@ -74,6 +74,8 @@ PAPER_MODELS: dict[str, ZooEntry] = {e.key: e for e in (
     ZooEntry("Sehwag2021Proxy_R18", "cifar10", "L2", "robust", "ResNet-18, proxy (synthetic) data"),
     ZooEntry("Rebuffi2021Fixing_28_10_cutmix_ddpm", "cifar100", "Linf", "robust",
              "WRN-28-10 Swish, CutMix + DDPM data"),
+    ZooEntry("Ding2020MMA", "cifar10", "Linf", "robust",
+             "WRN-28-4, MMA training (the MMA baseline fine-tunes it, A.2)"),
     ZooEntry("Standard", "cifar10", "Linf", "core",
              "WRN-28-10, standard training (listed under Linf in RobustBench; threat-model-free)"),
 )}

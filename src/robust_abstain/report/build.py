@@ -15,10 +15,13 @@ conclusion rests on a paired one (analysis/stats.py). :func:`build_report` write
     compositions.md   compositions.compositions_md  Table 1/5 analog, every composition, and
                       cascades.cascades_md          the greedy cascade          [needs a core model]
     adaptive.md       compositions.adaptive_md    rule vs sound vs adaptive attack [adaptive records]
+    comparison.md     comparison.comparison_md    every way of combining core and robust model on
+                                                  one plane, chosen on validation    [baselines]
     certified.md      certified.certified_md      Table 2 analog, S_CRI, compositions  [certified]
     figures/rob_acc_vs_rob_inacc.png  figures.rob_acc_vs_rob_inacc   Figure 2 analog
     figures/selection_pareto.png      figures.selection_pareto       Figure 3 analog
     figures/compositions.png          figures.compositions           Figure 4 analog  [core]
+    figures/comparison.png            figures.comparison             the comparison's plane [baselines]
     figures/certified_accuracy.png    certified.certified_figure     vs the radius   [certified]
 
 and returns the flat metrics, rounded; :func:`metrics_json` adds Figure 1's (the caller writes
@@ -43,6 +46,8 @@ from . import figures
 from .abstain import abstain_frames, abstain_md, headline_abstain_metrics
 from .cascades import cascades_md
 from .certified import certified_figure, certified_md
+from .comparison import (Baselines, comparison_frames, comparison_md, comparison_methods, comparison_metrics,
+                         comparison_rows)
 from .compositions import (adaptive_md, adaptive_metrics, attacked, best_row, composition_metrics,
                            composition_rows, compositions_md, headline_row)
 from .models import Context, ModelInfo, Rates, check_records, check_roles, rounded, with_role
@@ -56,7 +61,8 @@ def build_report(models: list[ModelInfo], out_dir: str | os.PathLike, eps: float
                  max_nat_drop: float = 0.01, taus: np.ndarray | None = None, max_cascade: int = 4,
                  seed: int = 0, seed_runs: list[ModelInfo] | None = None,
                  seeds: list[int] | None = None,
-                 seed_adaptive: list[pd.DataFrame] | None = None) -> dict[str, Any]:
+                 seed_adaptive: list[pd.DataFrame] | None = None,
+                 baselines: Baselines | None = None) -> dict[str, Any]:
     """Write the Markdown tables and PNG figures (module docstring) and return the headline metrics.
 
     ``models``: empirical records of every model (same test points; validation records on the same
@@ -67,7 +73,8 @@ def build_report(models: list[ModelInfo], out_dir: str | os.PathLike, eps: float
     accuracy a composition may lose against the core to count as best (fraction, judged on
     validation). ``taus``: the threshold grid (default 0 ... 0.99). ``seed``: the paired
     bootstrap's seed. ``seed_runs``: the headline run trained with each of ``seeds`` (training
-    seeds; the first is the ``headline`` model itself), for the seed spread.
+    seeds; the first is the ``headline`` model itself), for the seed spread. ``baselines``: the
+    selection network's and the mixings' records, for the comparison (needs a core).
 
     Metric keys (fractions rounded to 4 decimals; ``_lo`` / ``_hi``: 95 % interval): ``n``;
     ``vs_trades/<model>/{d_rob_acc_1x,d_rob_inacc_1x,d_rob_inacc_2x}[_lo,_hi]``; ``seeds/...``;
@@ -105,7 +112,7 @@ def build_report(models: list[ModelInfo], out_dir: str | os.PathLike, eps: float
     save_figure(figures.rob_acc_vs_rob_inacc(mdf, eps), out / "figures" / "rob_acc_vs_rob_inacc.png")
     if core is not None:
         metrics.update(_compositions(models, core, headline, mdf, adaptive, ctx, out, taus,
-                                     max_nat_drop, max_cascade))
+                                     max_nat_drop, max_cascade, baselines))
     if certified:
         r1 = float(eps if cert_eps is None else cert_eps)
         if not np.isfinite(r1) or r1 <= 0:
@@ -120,15 +127,17 @@ def build_report(models: list[ModelInfo], out_dir: str | os.PathLike, eps: float
 
 def _compositions(models: list[ModelInfo], core: ModelInfo, headline: ModelInfo | None,
                   mdf: pd.DataFrame, adaptive: dict[str, pd.DataFrame], ctx: Context, out: Path,
-                  taus: np.ndarray, max_nat_drop: float, max_cascade: int) -> dict[str, Any]:
-    """compositions.md, figures/compositions.png and adaptive.md; returns their entries."""
+                  taus: np.ndarray, max_nat_drop: float, max_cascade: int,
+                  baselines: Baselines | None) -> dict[str, Any]:
+    """compositions.md, figures/compositions.png, adaptive.md and (with ``baselines``)
+    comparison.md with figures/comparison.png; returns their entries."""
     rows = composition_rows(models, core, adaptive, taus, max_nat_drop, ctx.seed)
     if not rows:
         return {}
     core_rates = Rates.of(model_masks(core.records))
     best, feasible = best_row(rows, core, max_nat_drop)
     head = headline_row(rows, headline)
-    cascades, cascade_metrics = cascades_md(models, core, taus, max_nat_drop, max_cascade, ctx.seed)
+    cascades, cascade_metrics, chain = cascades_md(models, core, taus, max_nat_drop, max_cascade, ctx.seed)
     save_text(compositions_md(rows, core_rates, core, best, feasible, head, cascades, ctx, max_nat_drop),
               out / "compositions.md")
     core_point = {"name": core.name, "nat_acc": core_rates.nat_acc.value, "rob_acc": core_rates.rob_acc.value}
@@ -136,7 +145,14 @@ def _compositions(models: list[ModelInfo], core: ModelInfo, headline: ModelInfo 
                                      mdf[mdf["role"] != "core"]), out / "figures" / "compositions.png")
     if attacked(rows):
         save_text(adaptive_md(rows, ctx), out / "adaptive.md")
-    return {**composition_metrics(rows, best, feasible, head), **cascade_metrics, **adaptive_metrics(rows)}
+    entries = {**composition_metrics(rows, best, feasible, head), **cascade_metrics, **adaptive_metrics(rows)}
+    if baselines is not None:
+        methods = comparison_methods(models, core, rows, chain, baselines, taus, max_nat_drop)
+        crows = comparison_rows(methods, methods[0], ctx.seed)
+        save_text(comparison_md(crows, ctx.eps, ctx.n, max_nat_drop), out / "comparison.md")
+        save_figure(figures.comparison(*comparison_frames(methods)), out / "figures" / "comparison.png")
+        entries.update(comparison_metrics(crows))
+    return entries
 
 
 def metrics_json(metrics: dict[str, Any], synthetic: dict[str, dict[str, dict[str, float]]]

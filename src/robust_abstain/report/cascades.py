@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..analysis.choose import Candidate, best_cascade
-from ..analysis.compose import cascade
+from ..analysis.compose import Outcome, cascade
 from ..analysis.selectors import SelectorSpec, selections, selector_grid
 from ..analysis.stats import Interval, paired_diff_ci, rate_ci
 from . import tables
@@ -41,10 +41,11 @@ class CascadeSummary:
 
 
 def cascades_md(models: Sequence[ModelInfo], core: ModelInfo, taus: np.ndarray, max_nat_drop: float,
-                max_cascade: int, seed: int) -> tuple[str, dict[str, Any]]:
+                max_cascade: int, seed: int) -> tuple[str, dict[str, Any], tuple[str, Outcome]]:
     """Greedy cascade search on validation over every selector of every robust model
     (selectors.selector_grid); the chain and the best single composition it is compared with are
-    then scored on test. Returns the section's text and the ``best_cascade/...`` entries."""
+    then scored on test. Returns the section's text, the ``best_cascade/...`` entries and the
+    chain (its name and its test outcome)."""
     specs: dict[str, tuple[ModelInfo, SelectorSpec]] = {}
     cands = []
     for m in models:
@@ -56,7 +57,7 @@ def cascades_md(models: Sequence[ModelInfo], core: ModelInfo, taus: np.ndarray, 
             specs[name] = (m, s)
             cands.append(Candidate(name, m.val_records, sel, model=m.name))
     res = best_cascade(cands, core.val_records, max_nat_drop, "sound", max_cascade)
-    rows, outcomes = [], []
+    rows, outcomes, chain_outcome = [], [], None
     for label, chain in (("best 2-composition (chosen on val)", [res.best_single.name]),
                          ("greedy cascade (chosen on val)", res.chain)):
         ms = [specs[n] for n in chain]
@@ -65,6 +66,7 @@ def cascades_md(models: Sequence[ModelInfo], core: ModelInfo, taus: np.ndarray, 
         rows.append(CascadeRow(label, " → ".join(chain), nat, rob, nat.value - o.core_nat_acc,
                                rob.value - o.core_rob_acc))
         outcomes.append(o.sound)
+        chain_outcome = (rows[-1].chain, o)
     diff = paired_diff_ci(outcomes[1], outcomes[0], seed=seed)
     verdict = (f"Cascade minus best single on test (sound R_rob^acc): {tables.dci(*diff.as_tuple())} "
                f"points (paired 95 % interval); on validation the cascade "
@@ -74,4 +76,4 @@ def cascades_md(models: Sequence[ModelInfo], core: ModelInfo, taus: np.ndarray, 
             + "\nCascades are scored by the sound rule from the records only (no adaptive attack), "
               "so a 2-composition may read a little higher here than in the tables above.\n")
     summary = CascadeSummary(len(res.chain), rows[1].nat_acc.value, rows[1].rob_acc, diff)
-    return text, flat(summary, ("length", "nat_acc", "rob_acc", "gain"), "best_cascade")
+    return text, flat(summary, ("length", "nat_acc", "rob_acc", "gain"), "best_cascade"), chain_outcome

@@ -11,6 +11,15 @@ computed (95 %: exact for rates, paired bootstrap for differences), never on poi
 * Certified track (Table 2): CRA has lower certified robust inaccuracy than noise fine-tuning at r1
   (paired interval below 0), at no loss of certified robust accuracy (interval reaching 0 or above).
 
+A reviewer's two questions:
+
+* Would a stronger attack change the numbers? The AutoAttack members after APGD-CE
+  (reports/strength.md) leave every model's robust accuracy at eps within ``STRONGER_GAP`` of
+  APGD-CE's, the paired interval covering that bound.
+* Does the paper's composition beat the other ways of combining the core and a robust model
+  (reports/comparison.md)? Per method, the paired Δ R_rob^acc and Δ R_nat against the S_ERI
+  composition, each point chosen on validation: "higher" / "lower" only where the interval excludes 0.
+
 Warnings: a fine-tuned model whose validation accuracy is more than ``warn_nat_drop`` below its
 starting model's (the robust base), on the same validation points.
 """
@@ -29,6 +38,7 @@ from .tables import dci
 NAT_TOLERANCE = -0.005   # Table 1: "no loss of natural accuracy" within half a point
 ROB_GAIN = 0.15          # Table 1: at least 15 points of robust accuracy
 ADAPTIVE_GAP = 0.01      # the adaptive attack no more than 1 point below the sound score
+STRONGER_GAP = 0.01      # a stronger attack list changes robust accuracy by at most 1 point
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
@@ -84,6 +94,33 @@ def certified_claim(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def strength_claim(m: dict[str, Any]) -> list[str]:
+    """One line per model of reports/strength.md (``strength/<model>/d_rob_acc_<s>x``)."""
+    names = sorted({k.split("/")[1] for k in m if k.startswith("strength/") and k.endswith("/d_rob_acc_1x")})
+    lines = []
+    for n in names:
+        p = f"strength/{n}/"
+        ok = m[p + "d_rob_acc_1x_lo"] >= -STRONGER_GAP
+        broken = {k.split("/")[-1][len("broken_"):-len("_2x")]: v for k, v in m.items()
+                  if k.startswith(p + "broken_") and k.endswith("_2x")}
+        lines.append(f"- {n}: Δ R_rob^acc (list − APGD-CE) at ε {_ci(m, p + 'd_rob_acc_1x')}, at 2ε "
+                     f"{_ci(m, p + 'd_rob_acc_2x')}; points broken beyond APGD-CE up to 2ε: "
+                     + ", ".join(f"{a} {v}" for a, v in broken.items())
+                     + f" (at ε no more than {100 * STRONGER_GAP:g} point lower): {_verdict(ok)}")
+    return lines
+
+
+def comparison_claim(m: dict[str, Any]) -> list[str]:
+    """One line per method of reports/comparison.md against the S_ERI composition."""
+    keys = sorted({k.rsplit("/", 1)[0] for k in m if k.startswith("comparison/") and k.endswith("/d_rob_acc_vs_eri")})
+    word = lambda lo, hi: "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"  # noqa: E731
+    return [f"- {k.split('/', 1)[1].replace('_', ' ')}: R_rob^acc "
+            f"{word(m[k + '/d_rob_acc_vs_eri_lo'], m[k + '/d_rob_acc_vs_eri_hi'])} "
+            f"({_ci(m, k + '/d_rob_acc_vs_eri')}), R_nat "
+            f"{word(m[k + '/d_nat_acc_vs_eri_lo'], m[k + '/d_nat_acc_vs_eri_hi'])} "
+            f"({_ci(m, k + '/d_nat_acc_vs_eri')})" for k in keys]
+
+
 def accuracy_warnings(models: Sequence[ModelInfo], warn_nat_drop: float) -> list[str]:
     """Fine-tuned models (roles sweep / headline) whose validation natural accuracy is more than
     ``warn_nat_drop`` below the robust base's on the same validation points."""
@@ -111,7 +148,10 @@ def claims_markdown(m: dict[str, Any], models: Sequence[ModelInfo], warn_nat_dro
             ("ERA vs TRADES at matched robust accuracy (Figure 2): lower robust inaccuracy?", era_vs_trades(m)),
             ("Headline composition vs the core (Table 1)", composition_claim(m, "headline_composition")),
             ("Best composition chosen on validation vs the core (Table 1)", composition_claim(m, "best_composition")),
-            ("CRA vs noise fine-tuning (Table 2): lower certified robust inaccuracy?", certified_claim(m))):
+            ("CRA vs noise fine-tuning (Table 2): lower certified robust inaccuracy?", certified_claim(m)),
+            ("Would a stronger attack change the numbers? (reports/strength.md)", strength_claim(m)),
+            ("Against the S_ERI composition: the other ways of combining core and robust model "
+             "(reports/comparison.md)", comparison_claim(m))):
         if lines:
             parts += [f"## {title}", "", *lines, ""]
     warnings = accuracy_warnings(models, warn_nat_drop)

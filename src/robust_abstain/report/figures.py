@@ -4,6 +4,7 @@ saves them with :func:`robust_abstain.io.save_figure` (PNG without timestamps).
     Figure 2 analog  :func:`rob_acc_vs_rob_inacc`  robust accuracy vs robust inaccuracy over beta
     Figure 3 analog  :func:`selection_pareto`      R_rob^sel vs robust accuracy on selected
     Figure 4 analog  :func:`compositions`          natural vs robust accuracy of compositions
+    comparison       :func:`comparison`            every way of combining core and robust model
     certified        :func:`certified_curves`      certified accuracy vs L2 radius
 """
 
@@ -190,14 +191,49 @@ def compositions(cdf: pd.DataFrame, core: dict, robust_models: pd.DataFrame | No
     if robust_models is not None and len(robust_models):
         ax.scatter(100 * robust_models["rob_acc"], 100 * robust_models["nat_acc"], c="0.6",
                    marker=".", s=40, label="robust models alone")
-    ax.scatter([100 * core["rob_acc"]], [100 * core["nat_acc"]], marker="*", s=260, c="gold",
-               edgecolors="k", zorder=6, label=f"core ({core['name']})")
-    ax.axhline(100 * core["nat_acc"], color="k", linewidth=0.6, linestyle=":")
-    _pct_axes(ax, "robust accuracy $R_{rob}^{acc}$ (sound, adaptive)", "natural accuracy $R_{nat}$")
-    ax.set_title("Compositions with the core model (circled: headline run)")
+    return _with_core(fig, ax, core["rob_acc"], core["nat_acc"], core["name"], "(sound, adaptive)",
+                      "Compositions with the core model (circled: headline run)")
+
+
+def _with_core(fig: Figure, ax, rob_acc: float, nat_acc: float, name: str, score: str, title: str) -> Figure:
+    """The core model as a star with its natural accuracy as a dotted line; axes, title, legend."""
+    ax.scatter([100 * rob_acc], [100 * nat_acc], marker="*", s=260, c="gold",
+               edgecolors="k", zorder=6, label=f"core ({name})")
+    ax.axhline(100 * nat_acc, color="k", linewidth=0.6, linestyle=":")
+    _pct_axes(ax, f"robust accuracy $R_{{rob}}^{{acc}}$ {score}".rstrip(), "natural accuracy $R_{nat}$")
+    ax.set_title(title)
     _legend(ax)
     fig.tight_layout()
     return fig
+
+
+def comparison(points: pd.DataFrame, fronts: pd.DataFrame) -> Figure:
+    """Natural accuracy (y) against robust accuracy (x) of every way of combining the core with a
+    robust model: each method's point chosen on validation (``points``: family, label, nat_acc,
+    rob_acc and their ``_lo`` / ``_hi``; the core a star, models on their own grey dots) with 95 %
+    interval bars, and the settings it was chosen from as small faint markers (``fronts``: family,
+    nat_acc, rob_acc)."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    alone = points[points["family"].isin(["core", "robust model"])]
+    methods = points[~points["family"].isin(["core", "robust model"])]
+    for i, (_, r) in enumerate(methods.iterrows()):
+        st = _style(i)
+        f = fronts[fronts["family"] == r["family"]]
+        if len(f) > 1:
+            ax.scatter(100 * f["rob_acc"], 100 * f["nat_acc"], color=st["color"], alpha=0.45, s=9,
+                       marker=st["marker"], linewidths=0)
+        ax.scatter([100 * r["rob_acc"]], [100 * r["nat_acc"]], s=50, zorder=5, edgecolors="k",
+                   label=f"{r['family']}: {r['label']}", **st)
+        _bars(ax, pd.DataFrame([r]), "rob_acc", "nat_acc", st["color"])
+    robust_models = alone[alone["family"] == "robust model"]
+    ax.scatter(100 * robust_models["rob_acc"], 100 * robust_models["nat_acc"], c="0.55", marker="^", s=28,
+               label="robust models alone")
+    for _, r in robust_models.iterrows():
+        ax.annotate(r["label"], (100 * r["rob_acc"], 100 * r["nat_acc"]), textcoords="offset points",
+                    xytext=(3, -8), fontsize=6, color="0.4")
+    core = alone[alone["family"] == "core"].iloc[0]
+    return _with_core(fig, ax, core["rob_acc"], core["nat_acc"], core["label"], "",
+                      "Core + robust model: every method, point chosen on validation")
 
 
 def certified_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -1,0 +1,104 @@
+"""strength.md: would a stronger attack change the numbers? Per model, at eps and 2 eps, how many
+points each further attack of the list (APGD-T, FAB-T, Square, in the list's order) breaks that
+APGD-CE and the attacks before it left robust, what robust accuracy under APGD-CE alone and under
+the whole list are (with the paired difference), and what each attack cost.
+
+Input: records of the ``evaluate_strong`` section (the list run on a subset of test points, each
+attack only on the survivors: records.py) and the cost of each attack (model evaluations on that
+subset). Nothing here attacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.records import accurate, attack_broke, attack_prefixes
+from ..analysis.stats import Interval, paired_diff_ci, rate_ci
+from ..attacks.registry import ATTACKS
+from .tables import ci, dci, markdown, num
+
+_NAME = {a.prefix: name for name, a in ATTACKS.items()}
+
+
+@dataclass(frozen=True)
+class StrengthRow:
+    """One model at one scale: ``broken`` by attack name (points broken beyond every earlier attack,
+    at this scale or a smaller one), robust accuracy under APGD-CE alone and under the list, and
+    their paired difference (list minus APGD-CE, <= 0)."""
+
+    model: str
+    scale: int
+    n: int
+    broken: dict[str, int]
+    rob_acc_apgd: Interval
+    rob_acc_list: Interval
+    d_rob_acc: Interval
+
+
+def strength_rows(name: str, df: pd.DataFrame, seed: int) -> list[StrengthRow]:
+    """The rows of one model's ``evaluate_strong`` records, at eps and 2 eps."""
+    acc, pred = accurate(df), df["pred"].to_numpy()
+    rows = []
+    for s in (1, 2):
+        apgd_ok = np.ones(len(df), dtype=bool)
+        broken: dict[str, int] = {}
+        extra = np.zeros(len(df), dtype=bool)
+        for t in range(1, s + 1):
+            apgd_ok &= df[f"adv_pred_{t}x"].to_numpy() == pred
+            for p in attack_prefixes(df, t):
+                if p in ("adv", "sr"):
+                    continue
+                hit = attack_broke(df, p, t)
+                broken[_NAME.get(p, p)] = broken.get(_NAME.get(p, p), 0) + int(hit.sum())
+                extra |= hit
+        ok_list = apgd_ok & ~extra
+        rows.append(StrengthRow(name, s, len(df), broken, rate_ci(acc & apgd_ok), rate_ci(acc & ok_list),
+                                paired_diff_ci(acc & ok_list, acc & apgd_ok, seed=seed)))
+    return rows
+
+
+def strength_md(records: Mapping[str, pd.DataFrame], costs: Mapping[str, Mapping[str, Any]], eps: float,
+                seed: int) -> tuple[str, dict[str, Any]]:
+    """strength.md and its metric entries ``strength/<model>/{broken_<attack>_<s>x,d_rob_acc_<s>x[_lo,_hi]}``."""
+    rows = [r for name, df in records.items() for r in strength_rows(name, df, seed)]
+    attacks = [a for a in ATTACKS if any(a in r.broken for r in rows)]
+    n = rows[0].n if rows else 0
+    head = ["model", "radius", "R_rob^acc (APGD-CE)"] + [f"+ {a} breaks" for a in attacks] + [
+        "R_rob^acc (list)", "Δ (list − APGD-CE)"]
+    body, entries = [], {}
+    for r in rows:
+        body.append([r.model, f"{'ε' if r.scale == 1 else '2ε'} = {r.scale * eps:g}", ci(*r.rob_acc_apgd.as_tuple())]
+                    + [str(r.broken.get(a, 0)) for a in attacks]
+                    + [ci(*r.rob_acc_list.as_tuple()), dci(*r.d_rob_acc.as_tuple())])
+        key = f"strength/{r.model}"
+        entries.update({f"{key}/broken_{a}_{r.scale}x": r.broken.get(a, 0) for a in attacks})
+        entries.update({f"{key}/d_rob_acc_{r.scale}x": r.d_rob_acc.value,
+                        f"{key}/d_rob_acc_{r.scale}x_lo": r.d_rob_acc.lo,
+                        f"{key}/d_rob_acc_{r.scale}x_hi": r.d_rob_acc.hi})
+    total = {a: sum(r.broken.get(a, 0) for r in rows if r.scale == 2) for a in attacks}   # 2 eps counts eps too
+    cost_head = ["model"] + [f"{a}" for a in ATTACKS if any(a in c.get("evaluations", {}) for c in costs.values())]
+    cost_body = []
+    for name, c in costs.items():
+        ev, pts = c.get("evaluations", {}), max(int(c.get("points", 1)), 1)
+        cost_body.append([name] + [num(round(ev.get(a, 0) / pts, 1)) for a in cost_head[1:]])
+    text = (
+        "# Would a stronger attack change the numbers?\n\n"
+        f"The robustness attacks of the list, in order, on the first {n} test points of every model "
+        "(a subset, for the time budget: `evaluate_strong.n_points`): each attack runs only on the points "
+        "every earlier attack left robust (AutoAttack's convention), at ε and then at 2ε (there APGD-CE "
+        "on every point it left robust at ε, the others only on the points robust at ε under the whole "
+        "list). '+ attack breaks' counts the points it broke "
+        "that every earlier attack missed, at that radius or at ε. Numbers in percent, [95 % interval]; "
+        "Δ: paired bootstrap 95 % interval over the same points.\n\n"
+        + markdown(head, body, align="ll" + "r" * (len(head) - 2)) + "\n\n"
+        + "Points broken beyond APGD-CE at 2ε (those at ε included), all models together: "
+        + ", ".join(f"{a}: {k}" for a, k in total.items()) + ".\n\n"
+        "## What each attack cost\n\n"
+        "Model evaluations (images through the model, the forward passes of gradient steps included) "
+        "per test point of the subset, both radii together: the same on every machine "
+        "(`bench/bench_attacks.py` gives seconds).\n\n"
+        + markdown(cost_head, cost_body) + "\n")
+    return text, entries
