@@ -8,7 +8,7 @@ import pandas as pd
 
 from robust_abstain import stage
 from robust_abstain.errors import DataError, ParamError
-from robust_abstain.evaluation.empirical import EvaluateConfig
+from robust_abstain.evaluation.empirical import EvaluateConfig, check_same_threat_model
 from robust_abstain.io import save_json, save_text
 from robust_abstain.params import count
 from robust_abstain.report import ModelInfo, ReportParams, build_report, metrics_json
@@ -51,7 +51,9 @@ def main() -> None:
     adaptive = {m.name: _read(res / "adaptive" / f"{m.name}.csv") for m in models
                 if m.role not in ("core", "headline")}
     adaptive["headline"] = _read(res / "adaptive" / "headline" / f"s{seeds[0]}.csv")
-    eps = EvaluateConfig.from_params(ev, "evaluate").eps
+    ev_cfg = EvaluateConfig.from_params(ev, "evaluate")
+    check_same_threat_model(EvaluateConfig.from_params(ev_strong, "evaluate_strong"), ev_cfg)
+    eps = ev_cfg.eps
     cert_eps = EvaluateConfig.from_params(ev_l2, "evaluate_l2").eps
     robust_records = stage.load_params()["pipeline"]["baselines"]["records"]
     robust_name = next((m.name for m in models if m.role != "core" and files(m) == robust_records), None)

@@ -61,8 +61,8 @@ def micro_params(data_root: Path, source: str = "params.yaml") -> dict:
     p["cert_sweep"] = {"cra-4": {"name": "cra", "beta": 4.0}}
     p["certify"].update(n0=10, n=40, n_points=12, batch_size=100)
     p["report"]["n_taus"] = 5
-    p["evaluate_strong"].update(n_points=10, steps=2, member_steps=2, n_target_classes=2, square_queries=10)
-    p["selection_net"].update(n_train=64, label_steps=2, steps=4, batch_size=32, adv_steps=1, eval_steps=2)
+    p["evaluate_strong"].update(n_points=10, steps=3, member_steps=2, n_target_classes=2, square_queries=10)
+    p["selection_net"].update(n_train=64, label_steps=2, steps=4, batch_size=32, adv_steps=1, eval_steps=2, eval_restarts=1)
     p["mixing"].update(alphas=[0.5], betas=[0.5], n_choose=30, attack_views=["nonlin"],
                        s_grid=[0.5, 1.0], p_grid=[1.0, 2.0], c_grid=[0.0])
     p["pipeline"] = pipeline_section(p)

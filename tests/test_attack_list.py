@@ -13,9 +13,9 @@ from torch import nn
 from robust_abstain.analysis.records import attack_broke, attack_prefixes, robust, worst_confidence
 from robust_abstain.attacks.autoattack import AttackBudget, attack_points
 from robust_abstain.analysis.selectors import SelectorSpec
-from robust_abstain.errors import ParamError
+from robust_abstain.errors import DataError, ParamError
 from robust_abstain.evaluation.adaptive import AttackConfig, attack_composition, eri_select
-from robust_abstain.evaluation.empirical import EvaluateConfig, empirical_records
+from robust_abstain.evaluation.empirical import EvaluateConfig, check_same_threat_model, empirical_records
 from robust_abstain.report.claims import strength_claim
 from robust_abstain.report.strength import strength_md, strength_rows
 
@@ -77,14 +77,20 @@ def test_a_later_attack_runs_only_on_the_points_earlier_ones_left_robust():
 
 
 def test_strength_rows_count_breaks_beyond_apgd_ce_at_each_radius():
-    df = pd.DataFrame({"index": [0, 1, 2, 3], "label": [0, 0, 0, 1], "pred": [0, 0, 0, 0],
-                       "adv_pred_1x": [0, 0, 0, 1], "adv_pred_2x": [0, 0, 0, 1],
-                       "apgdt_pred_1x": [2, 0, 0, -1], "apgdt_pred_2x": [-1, 1, 0, -1],
-                       "square_pred_1x": [-1, 0, 0, -1], "square_pred_2x": [-1, -1, 0, -1]})
+    # point 0: APGD-T breaks it at eps; 1: at 2 eps; 2: nothing does; 3: APGD-CE at eps; 4: APGD-T at
+    # eps, and APGD-CE at 2 eps (so at 2 eps it is not a break beyond APGD-CE)
+    df = pd.DataFrame({"index": [0, 1, 2, 3, 4], "label": [0, 0, 0, 1, 0], "pred": [0, 0, 0, 0, 0],
+                       "adv_pred_1x": [0, 0, 0, 1, 0], "adv_pred_2x": [0, 0, 0, 1, 1],
+                       "apgdt_pred_1x": [2, 0, 0, -1, 2], "apgdt_pred_2x": [-1, 1, 0, -1, -1],
+                       "square_pred_1x": [-1, 0, 0, -1, -1], "square_pred_2x": [-1, -1, 0, -1, -1]})
     r1, r2 = strength_rows("m", df, seed=0)
-    assert r1.broken == {"apgd-t": 1, "square": 0} and r2.broken == {"apgd-t": 2, "square": 0}
-    assert (r1.rob_acc_apgd.value, r1.rob_acc_list.value) == (0.75, 0.5)
-    assert (r2.rob_acc_apgd.value, r2.rob_acc_list.value) == (0.75, 0.25) and r2.d_rob_acc.value == -0.5
+    assert r1.broken == {"apgd-t": 2, "square": 0} and r2.broken == {"apgd-t": 2, "square": 0}
+    assert (r1.rob_acc_apgd.value, r1.rob_acc_list.value) == (0.8, 0.4)
+    assert (r2.rob_acc_apgd.value, r2.rob_acc_list.value) == (0.6, 0.2) and np.isclose(r2.d_rob_acc.value, -0.4)
+    # the breaks add up to the accurate points the list takes from APGD-CE (every point here is accurate
+    # where APGD-CE leaves it robust)
+    for r in (r1, r2):
+        assert sum(r.broken.values()) == round(5 * (r.rob_acc_apgd.value - r.rob_acc_list.value))
 
 
 @pytest.mark.parametrize("member", ["apgd-t", "fab-t", "square"])
@@ -113,6 +119,15 @@ def test_attack_list_params_are_checked():
         EvaluateConfig.from_params(ev | {"attacks": ["apgd-ce", "square"]}, "evaluate")
     with pytest.raises(ParamError, match=r"lacks \['member_steps'\]"):
         EvaluateConfig.from_params(ev | {"attacks": ["apgd-ce", "fab-t"], "n_target_classes": 3}, "evaluate")
+    with pytest.raises(ParamError, match=r"budget or \['norm'\], not both"):
+        empirical_records(nn.Linear(4, 4), torch.rand(2, 4), torch.zeros(2, dtype=torch.long), torch.arange(2),
+                          0.1, norm="l2", budget=AttackBudget(norm="linf", steps=2, restarts=1))
+    # the strength section re-runs the records' APGD-CE: same threat model and budget
+    strong = ev | {"attacks": ["apgd-ce", "square"], "square_queries": 100}
+    check_same_threat_model(EvaluateConfig.from_params(strong, "s"), EvaluateConfig.from_params(ev, "e"))
+    with pytest.raises(ParamError, match=r"evaluate_strong.eps is 0.2 but evaluate.eps is 0.1"):
+        check_same_threat_model(EvaluateConfig.from_params(strong | {"eps": 0.2}, "s"),
+                                EvaluateConfig.from_params(ev, "e"))
 
 
 class Always(nn.Module):
@@ -141,7 +156,9 @@ def test_strength_page_and_claim_name_each_attack_and_judge_on_the_interval():
                        "adv_pred_1x": [0, 0, 0, 1], "adv_pred_2x": [0, 0, 0, 1],
                        "apgdt_pred_1x": [2, 0, 0, -1], "apgdt_pred_2x": [-1, 1, 0, -1]})
     text, m = strength_md({"m": df}, {"m": {"points": 4, "evaluations": {"apgd-ce": 40, "apgd-t": 80}}}, 0.1, 0)
-    assert "| m     | ε = 0.1" in text and "apgd-t: 2." in text and "|      10 |     20 |" in text
+    assert "| m     | ε = 0.1" in text and "apgd-t: 1; 2." in text and "|      10 |     20 |" in text
+    with pytest.raises(DataError, match="strength cost of m"):
+        strength_md({"m": df}, {"m": {"evaluations": {"apgd-ce": 40}}}, 0.1, 0)
     assert m["strength/m/broken_apgd-t_1x"] == 1 and m["strength/m/d_rob_acc_1x"] == -0.25
     (line,) = strength_claim(m)
     assert line.startswith("- m: Δ R_rob^acc (list − APGD-CE) at ε -25.0") and "**does not hold**" in line

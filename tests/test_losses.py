@@ -395,6 +395,7 @@ def test_mma_loss_is_ce_plus_beta_times_log2_at_the_boundary_on_a_linear_model()
     ({"name": "mma", "eps": 0.05, "d_max": 0.1, "mma_search_steps": 0}, "mma_search_steps"),
     ({"name": "mma", "eps": 0.05, "d_max": 0.1, "pgd_steps": 0}, "pgd_steps"),
     ({"name": "mma", "d_max": 0.1}, "eps"),
+    ({"name": "mma", "eps": 0.05, "d_max": 0.1, "step_size": 0.01}, "step_size"),
 ])
 def test_bad_mma_params(params, msg):
     with pytest.raises(ParamError, match=msg):

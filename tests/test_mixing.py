@@ -4,6 +4,7 @@ records of a front). Tiny models only; a few seconds total."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -206,6 +207,10 @@ def test_mixing_records_schema_and_front():
     choices = [choose_nuts(right, wrong, b, cfg.s_grid, cfg.p_grid, cfg.c_grid) for b in cfg.betas]
     points = front(core, rob, cfg, choices)
     assert [p.method for p in points] == ["linear", "nuts"]
+    # one alpha, two transforms: the records could not tell the mixtures apart
+    other = dataclasses.replace(choices[0], beta=choices[0].beta + 0.1, s=choices[0].s + 1)
+    with pytest.raises(DataError, match="same alpha"):
+        front(core, rob, cfg, [choices[0], other])
     df = mixing_records(points, x, y, torch.arange(20), ecfg)
     assert list(df.columns) == ["method", "alpha"] + EMPIRICAL_COLUMNS
     assert len(df) == 2 * 20

@@ -32,7 +32,7 @@ from robust_abstain.models.nets import build_model
 from test_adaptive import Constant, Threshold   # the constructed models of the adaptive attack
 
 CFG = SelectionNetConfig(n_train=64, label_steps=5, arch="mlp", width=8, steps=40, lr=0.01, batch_size=32,
-                         seed=0, adv_steps=2, eval_steps=10)
+                         seed=0, adv_steps=2, eval_steps=10, eval_restarts=1)
 ATTACK = AttackConfig(eps=0.1, steps=20, push_steps=10)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_score_attack_stays_in_the_ball_and_finds_the_linear_minimum():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(40, 3, generator=g)
     net = Linear([2.0, -1.0, 0.5], 0.3).train()
-    score, low, at = lowest_score(net, x, 0.1, steps=10, batch_size=16)
+    score, low, at = lowest_score(net, x, 0.1, steps=10, restarts=1, seed=0, batch_size=16)
     assert net.training                                      # its mode is restored
     assert (at - x).abs().max() <= 0.1 + 1e-6 and at.min() >= 0 and at.max() <= 1
     assert (low <= score).all()
@@ -120,8 +120,34 @@ def test_score_attack_stays_in_the_ball_and_finds_the_linear_minimum():
         torch.testing.assert_close(low, torch.sigmoid(net(best)[:, 0]))
         torch.testing.assert_close(low, torch.sigmoid(net(at)[:, 0]))
         torch.testing.assert_close(score, torch.sigmoid(net(x)[:, 0]))
-    s0, l0, a0 = lowest_score(net, x, 0.0, steps=10)           # eps = 0: x itself
+    s0, l0, a0 = lowest_score(net, x, 0.0, steps=10, restarts=1, seed=0)   # eps = 0: x itself
     assert torch.equal(s0, l0) and torch.equal(a0, x)
+
+
+class Ledge(nn.Module):
+    """s(x) = 1 - 10 relu(x_0 - 0.55): flat at x_0 = 0.5, falling beyond 0.55 (inside B_0.1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))        # a parameter, for the device
+
+    def forward(self, x):
+        return (1 - 10 * torch.relu(x[:, :1] - 0.55)) + self.w
+
+
+def test_apgd_random_starts_find_what_pgd_from_x_cannot():
+    """PGD from x has no gradient on the ledge's flat part; APGD's random starts land beyond 0.55 and
+    go down: the lowest score takes the worst case over both, inside the ball, seeded."""
+    x = torch.full((200, 2), 0.5)
+    s_pgd, l_pgd, _ = lowest_score(Ledge(), x, 0.1, steps=10, restarts=0, seed=0)
+    assert torch.equal(l_pgd, s_pgd)                          # stuck at x
+    score, low, at = lowest_score(Ledge(), x, 0.1, steps=10, restarts=1, seed=0)
+    found = low < score
+    assert 0.1 < found.float().mean() < 1 and (at - x).abs().max() <= 0.1 + 1e-6
+    # the best the ball allows: x_0 = 0.6, s = 0.5
+    torch.testing.assert_close(low[found], torch.full_like(low[found], torch.sigmoid(torch.tensor(0.5)).item()))
+    again = lowest_score(Ledge(), x, 0.1, steps=10, restarts=1, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip((score, low, at), again))
 
 
 
@@ -187,7 +213,7 @@ def test_micro_training_is_seeded_learns_the_labels_and_round_trips(tmp_path):
 
 def test_config_names_the_key():
     good = {k: getattr(CFG, k) for k in ("n_train", "label_steps", "arch", "width", "steps", "lr",
-                                         "batch_size", "seed", "adv_steps", "eval_steps")}
+                                         "batch_size", "seed", "adv_steps", "eval_steps", "eval_restarts")}
     assert SelectionNetConfig.from_params(good, "selection_net") == CFG
     for key, bad in (("lr", 0), ("arch", "vit"), ("adv_steps", -1)):
         with pytest.raises(ParamError, match=f"selection_net.{key}"):
@@ -217,7 +243,7 @@ def test_stage_micro_run(tiny_data, tmp_path, monkeypatch):
               "report": {"n_taus": 34, "max_nat_drop": 0.01, "warn_nat_drop": 0.03, "seed": 0},
               "selection_net": {"n_train": 64, "label_steps": 3, "arch": "mlp", "width": 8, "steps": 10,
                                 "lr": 0.01, "batch_size": 32, "seed": 0, "adv_steps": 2, "eval_steps": 3,
-                                "device": "cpu"}}
+                                "eval_restarts": 1, "device": "cpu"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setattr(sys, "argv", [
         "selection_net.py", "--model", "robust.pt", "--records", paths["robust", "test"],

@@ -41,7 +41,10 @@ def pipeline_section(params: dict) -> dict:
                    for k, v in finetune.items() if v["section"] == "finetune"})
     train = {"core": "models/core.pt", "base": "models/base.pt", "noise_base": "models/cert/noise_base.pt"}
     train.update({m: f"models/{m}.pt" for m in inits.values()})
-    baseline = section(params, "baselines").get("robust")
+    baselines = section(params, "baselines")
+    if "robust" not in baselines:
+        raise ParamError("baselines lacks ['robust'] (the robust model the baselines combine with the core)")
+    baseline = baselines["robust"]
     if baseline not in robust:
         raise ParamError(f"baselines.robust must name a robust model of the pipeline, one of {sorted(robust)}, "
                          f"got {baseline!r}")

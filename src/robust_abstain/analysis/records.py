@@ -21,8 +21,9 @@ Empirical records (``evaluate`` stage, Linf or L2 APGD):
     sr_pred_1x, sr_conf_1x   the same in B_eps(x)
     <prefix>_pred_<s>x, <prefix>_conf_<s>x   (optional) the same for every further attack of the
                   evaluate list (``apgdt``: APGD-T, ``fabt``: FAB-T, ``square``: Square), run only on
-                  the points every earlier attack of the list left unchanged at that scale (-1 / NaN
-                  where it did not run); attacks.ATTACKS names them
+                  the points every earlier attack of the list left unchanged at that scale, and at
+                  2 eps only on the points the whole list left unchanged at eps (-1 / NaN where it
+                  did not run); attacks.ATTACKS names them
 
 Certified records (``certify`` stage, randomized smoothing, L2):
     index, label, pred (base model's natural prediction), conf

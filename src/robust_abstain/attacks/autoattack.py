@@ -114,7 +114,10 @@ def attack_points(name: str, model: nn.Module, x: torch.Tensor, target: torch.Te
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"{name} {budget.norm} eps={eps:g}", leave=False)
-    with eval_mode(model), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    # pyautoattack seeds torch's CPU and every CUDA generator (torch.cuda.random.manual_seed), whatever
+    # the model's device: fork them all, so the caller's random streams stay as they were
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with eval_mode(model), torch.random.fork_rng(devices=cuda):
         perturb = MEMBERS[name](model, eps, budget, _n_classes(model, x[:1].to(dev)))
         for lo in starts:
             xb = x[lo:lo + budget.batch_size].detach().to(dev, torch.float32)

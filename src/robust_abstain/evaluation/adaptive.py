@@ -16,12 +16,14 @@ H can fail, and evaluates the deployed H at each:
     the wrong class t it reached (or F_robust's most likely wrong class) maximising
     log f_robust(x')_t, so that F_robust is wrong *and* confident / robust there, i.e. selected;
  4. (a selector with a network of its own, S_NET) robust branch, selecting: PGD from (3) on
-    log f_robust(x')_t plus the selector's surrogate, so that S(x') = 1 there too.
+    log f_robust(x')_t plus the selector's surrogate, so that S(x') = 1 there too;
+ 5. each further attack of the evaluate list (APGD-T, FAB-T, Square: ``AttackConfig.attacks``) on
+    F_core and on F_robust against y, one candidate per attack and branch.
 
 H at a candidate x' is the deployed composition: S_SR(x') = 1{max_c f_robust(x')_c >= tau} exactly;
 S_NET(x') = 1{sigmoid(s(x')) >= tau} exactly;
-S_ERI(x') = 1 iff the selector's own attack (APGD-CE, and APGD-conf when the records used it at
-eps) finds no change of F_robust(x') in B_eps(x'). The selector's attack runs only where exactly
+S_ERI(x') = 1 iff the selector's own attack (the evaluate list, and APGD-conf when the records used
+it at eps) finds no change of F_robust(x') in B_eps(x'). The selector's attack runs only where exactly
 one branch is wrong at x' (if both are wrong H is wrong whatever S says; if both are right, H is
 right). A point is fooled if H(x') != y at any candidate (per-point worst case).
 
@@ -58,7 +60,7 @@ from .empirical import EvaluateConfig, attack_list, selector_attack
 @dataclass(frozen=True)
 class AttackConfig:
     """Budgets: ``steps`` and ``restarts`` for APGD (candidates 1, 3 and the ERI selector's own
-    check, as in the evaluate stage), ``push_steps`` for the PGD stages (2, 3); ``selector_conf``
+    check, as in the evaluate stage), ``push_steps`` for the PGD stages (2, 3, 4); ``selector_conf``
     adds APGD-conf to the ERI selector's check; ``attacks``: the evaluate list, which the ERI
     selector's check runs in full and whose further members (APGD-T, FAB-T, Square, with
     ``member_steps``, ``n_target_classes``, ``square_queries``) add candidate points on both
@@ -228,7 +230,8 @@ def deployed_h(robust_model: nn.Module, core_model: nn.Module, spec: SelectorSpe
 def _candidates(robust_model: nn.Module, core_model: nn.Module, spec: SelectorSpec | DeployedSelector,
                 x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig,
                 selector_net: nn.Module | None = None) -> list[torch.Tensor]:
-    """The candidate points 0-3 (and 4) of the module docstring, each in B_eps(x) and [0, 1]."""
+    """The candidate points 0-5 of the module docstring (4 for a selector with its own network, 5
+    for a list beyond APGD-CE), each in B_eps(x) and [0, 1]."""
     sel = _deployed(spec, robust_model, cfg, selector_net)
     apgd = lambda m, s: APGD(m, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, objective="ce",  # noqa: E731
                              seed=cfg.seed + s, batch_size=cfg.batch_size).perturb(x, y)

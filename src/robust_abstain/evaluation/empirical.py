@@ -72,8 +72,19 @@ class EvaluateConfig(Section):
     def budget(self) -> AttackBudget:
         """The attack list's budgets."""
         return AttackBudget(norm=self.norm, steps=self.steps, restarts=self.restarts,
-                            member_steps=self.member_steps, n_target_classes=self.n_target_classes, square_queries=self.square_queries,
+                            member_steps=self.member_steps, n_target_classes=self.n_target_classes,
+                            square_queries=self.square_queries,
                             seed=self.seed, batch_size=self.batch_size)
+
+
+def check_same_threat_model(strong: EvaluateConfig, ev: EvaluateConfig, strong_key: str = "evaluate_strong",
+                            ev_key: str = "evaluate") -> None:
+    """``strong`` re-runs ``ev``'s APGD-CE with further attacks after it (reports/strength.md): its
+    threat model and APGD-CE budget must be ``ev``'s, or it answers another question."""
+    for key in ("norm", "eps", "steps", "restarts", "seed"):
+        if getattr(strong, key) != getattr(ev, key):
+            raise ParamError(f"{strong_key}.{key} is {getattr(strong, key)!r} but {ev_key}.{key} is "
+                             f"{getattr(ev, key)!r}: the stronger attack must re-run the records' APGD-CE")
 
 
 def check_attack_list(attacks: Sequence[str], key: str) -> list[str]:
@@ -181,8 +192,9 @@ def selector_attack(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, eps: 
 
 
 def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
-                      eps: float, norm: str = "linf", steps: int = 40, restarts: int = 1,
-                      seed: int = 0, batch_size: int = 500, sr_scales: Sequence[int] = (2,),
+                      eps: float, norm: str | None = None, steps: int | None = None,
+                      restarts: int | None = None, seed: int | None = None, batch_size: int | None = None,
+                      sr_scales: Sequence[int] = (2,),
                       attacks: Sequence[str] = PAPER_DEFAULT, budget: AttackBudget | None = None,
                       progress: bool = True, cost: AttackCost | None = None) -> pd.DataFrame:
     """Per-sample records (records.EMPIRICAL_COLUMNS, then the columns of the list's further
@@ -190,10 +202,16 @@ def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index:
     ``attacks`` in order against F(x) (:func:`attack_list`), and APGD-conf (17) at ``sr_scales``
     for softmax response (2 eps is what robust selection needs; -1 / NaN at scales not run).
 
-    ``budget``: the attacks' budgets (:meth:`EvaluateConfig.budget`); without it, one made of
-    ``norm``, ``steps``, ``restarts``, ``seed`` and ``batch_size`` (enough for APGD). ``cost``
-    (if given) receives what each robustness attack cost."""
-    budget = budget or AttackBudget(norm=norm, steps=steps, restarts=restarts, seed=seed, batch_size=batch_size)
+    ``budget``: the attacks' budgets (:meth:`EvaluateConfig.budget`); or, without it, one made of
+    ``norm``, ``steps``, ``restarts``, ``seed`` and ``batch_size`` (enough for APGD; unset: linf,
+    40, 1, 0, 500), never both. ``cost`` (if given) receives what each robustness attack cost."""
+    flat = {"norm": norm, "steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size}
+    if budget is not None and any(v is not None for v in flat.values()):
+        given = sorted(k for k, v in flat.items() if v is not None)
+        raise ParamError(f"empirical_records: give the attacks' budget or {given}, not both")
+    if budget is None:
+        defaults = {"norm": "linf", "steps": 40, "restarts": 1, "seed": 0, "batch_size": 500}
+        budget = AttackBudget(**{k: defaults[k] if v is None else v for k, v in flat.items()})
     attacks = check_attack_list(attacks, "attacks")
     with eval_mode(model):
         pred, conf = natural(model, x)

@@ -185,12 +185,18 @@ class FrontPoint:
 
 
 def front(core: nn.Module, robust: nn.Module, cfg: MixingConfig, choices: list[NutsChoice]) -> list[FrontPoint]:
-    """The front: linear mixing at each of ``cfg.alphas``, then MixedNUTS at each choice, through each of ``cfg.attack_views``; a repeated (method, alpha)
-    is kept once."""
+    """The front: linear mixing at each of ``cfg.alphas``, then MixedNUTS at each choice, through each
+    of ``cfg.attack_views``. The records name a mixture by (method, alpha): a repeated one is kept
+    once, and two MixedNUTS choices with one alpha but different transforms (s, p, c) are an error."""
     points: dict[tuple[str, float], FrontPoint] = {}
     for a in cfg.alphas:
         points.setdefault(("linear", float(a)), FrontPoint("linear", float(a), (LinearMix(core, robust, a),)))
+    seen: dict[float, NutsChoice] = {}
     for ch in choices:
+        first = seen.setdefault(ch.alpha, ch)
+        if (first.s, first.p, first.c) != (ch.s, ch.p, ch.c):
+            raise DataError(f"mixing.betas {first.beta} and {ch.beta} give MixedNUTS the same alpha {ch.alpha:g} "
+                            f"with different transforms (s, p, c): drop one of the betas")
         views = tuple(NutsMix(core, robust, ch.alpha, ch.s, ch.p, ch.c, core_probs=cfg.core_probs,
                               attack_view=v, grad_alpha=ch.grad_alpha) for v in cfg.attack_views)
         points.setdefault(("nuts", ch.alpha), FrontPoint("nuts", ch.alpha, views))
@@ -214,7 +220,8 @@ def eps_records(views: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, in
         at = alive.nonzero().squeeze(1)
         if len(at) == 0:
             break
-        cols = attack_list(view, x[at], pred[at], ecfg.eps, ecfg.attacks, ecfg.budget(), scales=(1,))
+        cols = attack_list(view, x[at], pred[at], ecfg.eps, ecfg.attacks, ecfg.budget(), progress=True,
+                           scales=(1,))
         for p in prefixes:
             a_pred, a_conf = cols[f"{p}_pred_1x"].to(pred.device), cols[f"{p}_conf_1x"].to(conf.device)
             run = a_pred != ABSTAIN

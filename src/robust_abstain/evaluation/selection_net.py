@@ -10,14 +10,16 @@ A small binary network s: [0, 1]^d -> one logit learns where F_robust is robust 
 2. training (:func:`train_selector`): BCE on t, adversarially (PGD in B_eps on the network's own
    BCE, so that its decision holds on B_eps), seeded: same params -> same weights;
 3. scoring (:func:`net_records`): ``net_score`` = sigmoid(s(x)) and ``net_score_min``, the lowest
-   score an attack that minimises s's logit (PGD from x, in B_eps(x) and [0, 1]) found, added to
+   score attacks that minimise s's logit found in B_eps(x) and [0, 1] (PGD from x, then APGD with
+   ``eval_restarts`` random starts: the worst case over both), added to
    F_robust's empirical records. analysis.selectors.selection_net reads them: selected iff
    net_score >= tau, robustly selected iff also net_score_min >= tau and F_robust robust on B_2eps.
 
 Example::
 
     >>> cfg = SelectionNetConfig(n_train=2000, label_steps=10, arch="cnn", width=8, steps=200,
-    ...                          lr=1e-3, batch_size=128, seed=0, adv_steps=3, eval_steps=10)
+    ...                          lr=1e-3, batch_size=128, seed=0, adv_steps=3, eval_steps=10,
+    ...                          eval_restarts=1)
     >>> t = selection_labels(robust_model, x_train, y_train, eps, cfg)
     >>> net, spec = train_selector(x_train, t, cfg, eps, mean=mean, std=std)
     >>> val = net_records(val_records, net, x_val, eps, cfg)     # val_records + net_score(_min)
@@ -36,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..analysis.records import accurate, robust
 from ..analysis.selectors import NET_COLUMNS
-from ..attacks import NORMS, eval_mode, pgd
+from ..attacks import APGD, NORMS, eval_mode, pgd
 from ..errors import DataError
 from ..models.checkpoint import ModelSpec
 from ..models.nets import ARCHS
@@ -53,8 +55,8 @@ class SelectionNetConfig(Section):
     the labels' attack on F_robust (at eps and 2 eps); ``arch``, ``width``: the network
     (models.nets.ARCHS, one output logit); ``steps``, ``lr``, ``batch_size``, ``seed``: Adam
     training; ``adv_steps``: PGD steps of the adversarial training in B_eps (0: plain BCE);
-    ``eval_steps``: PGD steps of the attack that minimises the score (``net_score_min``);
-    ``device``. The composition's threshold tau is chosen on validation from the report's grid
+    ``eval_steps``: steps of the attacks that minimise the score (``net_score_min``), PGD from x and
+    APGD from ``eval_restarts`` random starts (0: PGD only); ``device``. The composition's threshold tau is chosen on validation from the report's grid
     (``report.n_taus``), like every other threshold."""
 
     n_train: int
@@ -67,6 +69,7 @@ class SelectionNetConfig(Section):
     seed: int
     adv_steps: int
     eval_steps: int
+    eval_restarts: int
     device: str = "auto"
 
     def validate(self, prefix: str = "selection_net") -> None:
@@ -75,6 +78,7 @@ class SelectionNetConfig(Section):
         if self.width is not None:
             count(self.width, f"{prefix}.width")
         count(self.adv_steps, f"{prefix}.adv_steps", min=0)
+        count(self.eval_restarts, f"{prefix}.eval_restarts", min=0)
         count(self.seed, f"{prefix}.seed", min=0)
         positive(self.lr, f"{prefix}.lr")
         choice(self.arch, f"{prefix}.arch", list(ARCHS))
@@ -153,19 +157,40 @@ def train_selector(x: torch.Tensor, t: torch.Tensor, cfg: SelectionNetConfig, ep
 
 
 # ---------------------------------------------------------------------------------- scoring
-def lowest_score(net: nn.Module, x: torch.Tensor, eps: float, steps: int, norm: str = "linf",
-                 batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attack S_NET: PGD from x (no random start) that minimises the logit s(x') in B_eps(x) and
-    [0, 1], keeping per point the lowest logit among x and every iterate.
+class _ScoreAsClasses(nn.Module):
+    """s as two logits [FLOOR, s(x)] for APGD's (17) objective with label 1: the objective, the log
+    of softmax_0 = sigmoid(FLOOR - s(x)), falls as s(x) rises, so maximising it minimises s(x); FLOOR
+    lies below any logit the network gives, so class 1 stays the argmax and APGD keeps minimising
+    (it would stop at a point it counts as misclassified)."""
+
+    FLOOR = -1e4
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = logit(self.net, x)[:, None]
+        return torch.cat([torch.full_like(z, self.FLOOR), z], 1)
+
+
+def lowest_score(net: nn.Module, x: torch.Tensor, eps: float, steps: int, restarts: int, seed: int,
+                 norm: str = "linf", batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attack S_NET: minimise the logit s(x') in B_eps(x) and [0, 1] by PGD from x (no random start),
+    then by APGD with the (17) objective on :class:`_ScoreAsClasses` from ``restarts`` random starts
+    (seeded by ``seed``; 0: PGD only), keeping per point the lowest logit among x, every PGD iterate
+    and APGD's point.
 
     Returns (score at x, lowest score found, the point where it was found), the scores being
-    sigmoid(s). Guarantees: the points lie in B_eps(x) and [0, 1] (attacks.pgd); the lowest score
-    is never above the score at x (x is the first candidate); the network runs in eval mode and its
-    modes are restored; deterministic (no random draws)."""
+    sigmoid(s). Guarantees: the points lie in B_eps(x) and [0, 1] (attacks.pgd, APGD); the lowest
+    score is never above the score at x (x is the first candidate); the network runs in eval mode
+    and its modes are restored; same inputs and seed, same result; the global RNG is left alone."""
     norm = choice(norm, "norm", NORMS)
+    count(restarts, "restarts", min=0)
     scores, lows, points = [], [], []
     with eval_mode(net):
-        for i in range(0, len(x), batch_size):
+        for i in tqdm(range(0, len(x), batch_size), desc="attack on S_NET", mininterval=5,
+                      disable=len(x) <= batch_size):
             xb = x[i:i + batch_size]
             with torch.no_grad():
                 z0 = logit(net, xb)
@@ -183,6 +208,12 @@ def lowest_score(net: nn.Module, x: torch.Tensor, eps: float, steps: int, norm: 
             last = pgd(objective, xb, eps, steps, norm=norm, random_start=False, maximize=False)
             with torch.no_grad():
                 track(logit(net, last), last)
+            if restarts and eps > 0:
+                apgd = APGD(_ScoreAsClasses(net), norm=norm, eps=eps, steps=steps, restarts=restarts,
+                            objective="conf", seed=stream_seed(seed, i), batch_size=batch_size)
+                adv = apgd.perturb(xb, torch.ones(len(xb), dtype=torch.long, device=xb.device))
+                with torch.no_grad():
+                    track(logit(net, adv), adv)
             scores.append(torch.sigmoid(z0))
             lows.append(torch.minimum(torch.sigmoid(best_z), torch.sigmoid(z0)))
             points.append(best_x)
@@ -193,11 +224,12 @@ def net_records(records: pd.DataFrame, net: nn.Module, x: torch.Tensor, eps: flo
                 cfg: SelectionNetConfig, norm: str = "linf", batch_size: int = 500) -> pd.DataFrame:
     """A copy of F_robust's empirical ``records`` (same rows, same order) with the columns
     ``net_score`` (sigmoid(s(x))) and ``net_score_min`` (:func:`lowest_score` with
-    ``cfg.eval_steps`` PGD steps in B_eps(x)). ``x`` holds the records' points in their row order."""
+    ``cfg.eval_steps`` steps, ``cfg.eval_restarts`` APGD restarts, seed ``cfg.seed``, in B_eps(x)). ``x`` holds the records' points in their row order."""
     if len(x) != len(records):
         raise DataError(f"selection network: {len(x)} inputs for {len(records)} records")
     dev = next(net.parameters()).device
-    score, low, _ = lowest_score(net, x.to(dev), eps, cfg.eval_steps, norm, batch_size)
+    score, low, _ = lowest_score(net, x.to(dev), eps, cfg.eval_steps, cfg.eval_restarts, cfg.seed, norm,
+                                 batch_size)
     out = records.copy()
     out[NET_COLUMNS[0]], out[NET_COLUMNS[1]] = score.cpu().double().numpy(), low.cpu().double().numpy()
     return out

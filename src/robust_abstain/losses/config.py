@@ -54,3 +54,6 @@ class LossConfig(Section):
                 raise ParamError(f"{prefix}.d_max must be set and >= {prefix}.eps ({self.eps}) for the "
                                  f"loss 'mma', got {self.d_max!r}")
             count(self.pgd_steps, f"{prefix}.pgd_steps")  # the search direction comes from PGD
+            if self.step_size is not None:                 # AN-PGD attacks at several radii
+                raise ParamError(f"{prefix}.step_size must be unset for the loss 'mma': AN-PGD scales its "
+                                 f"step with each radius it searches (2.5 * radius / pgd_steps)")

@@ -113,14 +113,20 @@ def strength_claim(m: dict[str, Any]) -> list[str]:
 
 
 def comparison_claim(m: dict[str, Any]) -> list[str]:
-    """One line per method of reports/comparison.md against the S_ERI composition."""
+    """One line per method of reports/comparison.md against the S_ERI composition, and a baseline also
+    against the best composition of its own robust model."""
     keys = sorted({k.rsplit("/", 1)[0] for k in m if k.startswith("comparison/") and k.endswith("/d_rob_acc_vs_eri")})
     word = lambda lo, hi: "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"  # noqa: E731
-    return [f"- {k.split('/', 1)[1].replace('_', ' ')}: R_rob^acc "
-            f"{word(m[k + '/d_rob_acc_vs_eri_lo'], m[k + '/d_rob_acc_vs_eri_hi'])} "
-            f"({_ci(m, k + '/d_rob_acc_vs_eri')}), R_nat "
-            f"{word(m[k + '/d_nat_acc_vs_eri_lo'], m[k + '/d_nat_acc_vs_eri_hi'])} "
-            f"({_ci(m, k + '/d_nat_acc_vs_eri')})" for k in keys]
+
+    def versus(k: str, ref: str) -> str:
+        return (f"R_rob^acc {word(m[f'{k}/d_rob_acc_vs_{ref}_lo'], m[f'{k}/d_rob_acc_vs_{ref}_hi'])} "
+                f"({_ci(m, f'{k}/d_rob_acc_vs_{ref}')}), R_nat "
+                f"{word(m[f'{k}/d_nat_acc_vs_{ref}_lo'], m[f'{k}/d_nat_acc_vs_{ref}_hi'])} "
+                f"({_ci(m, f'{k}/d_nat_acc_vs_{ref}')})")
+
+    return [f"- {k.split('/', 1)[1].replace('_', ' ')}: {versus(k, 'eri')}"
+            + (f"; against the best composition of the same robust model: {versus(k, 'same')}"
+               if f"{k}/d_rob_acc_vs_same" in m else "") for k in keys]
 
 
 def accuracy_warnings(models: Sequence[ModelInfo], warn_nat_drop: float) -> list[str]:
@@ -153,7 +159,8 @@ def claims_markdown(m: dict[str, Any], models: Sequence[ModelInfo], warn_nat_dro
             ("Best composition chosen on validation vs the core (Table 1)", composition_claim(m, "best_composition")),
             ("CRA vs noise fine-tuning (Table 2): lower certified robust inaccuracy?", certified_claim(m)),
             ("Would a stronger attack change the numbers? (reports/strength.md)", strength_claim(m)),
-            ("Against the S_ERI composition: the other ways of combining core and robust model "
+            ("Against the S_ERI composition (and a baseline against the best composition of its robust "
+             "model): the other ways of combining core and robust model "
              "(reports/comparison.md)", comparison_claim(m))):
         if lines:
             parts += [f"## {title}", "", *lines, ""]

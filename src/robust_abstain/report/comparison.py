@@ -3,7 +3,9 @@ model on one plane (natural accuracy against robust accuracy at eps), each metho
 **validation** records and scored on test:
 
 * the paper's composition (12) with S_ERI (the reference every other method is compared with), and
-  with S_SR; the best of each over every robust model (choose.best_composition);
+  with S_SR; the best of each over every robust model (choose.best_composition); and the best
+  composition (S_ERI or S_SR) of the robust model the baselines use (``baselines.robust``), the
+  like-for-like reference of the baselines, which combine that one model with the core;
 * the greedy cascade of compositions (choose.best_cascade; sound score, no adaptive attack);
 * a learned selection network S_NET (ACE-style) composed with the core at its validation tau;
 * training-free mixing of the two models' probabilities, linear and MixedNUTS's nonlinear one, at
@@ -17,6 +19,7 @@ against the paper's composition are paired (same test points, paired bootstrap).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,6 +38,8 @@ from .models import ModelInfo
 
 #: the family every other one is compared with
 REFERENCE = "composition, S_ERI"
+#: the baselines' like-for-like reference: the best composition of their robust model
+SAME_MODEL = "composition, baselines' robust model"
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +47,8 @@ class Method:
     """One method's point chosen on validation, as per-test-point outcomes at the test points
     ``index`` (sorted): ``correct`` (its answer at x is right) and ``robust`` (right and robust on B_eps(x) by the
     method's evidence, ``evidence``); ``front``: (label, R_nat, R_rob^acc) of every setting it was
-    chosen from, on test, for the figure."""
+    chosen from, on test, for the figure; ``baseline``: it combines ``baselines.robust`` with the core
+    (compared with :data:`SAME_MODEL` too)."""
 
     family: str
     label: str
@@ -52,6 +58,7 @@ class Method:
     robust: np.ndarray
     front: list[tuple[str, float, float]] = field(default_factory=list)
     standalone: bool = False
+    baseline: bool = False
 
     @property
     def nat_acc(self) -> Interval:
@@ -62,9 +69,10 @@ class Method:
         return rate_ci(self.robust)
 
 
-def _outcome_method(family: str, label: str, o: Outcome, front: list[tuple[str, float, float]]) -> Method:
+def _outcome_method(family: str, label: str, o: Outcome, front: list[tuple[str, float, float]],
+                    baseline: bool = False) -> Method:
     evidence = "sound + adaptive attack on H" if o.fooled is not None else "sound (records), no adaptive attack"
-    return Method(family, label, evidence, o.index, o.h_correct, o.headline, front)
+    return Method(family, label, evidence, o.index, o.h_correct, o.headline, front, baseline=baseline)
 
 
 def model_method(m: ModelInfo, family: str) -> Method:
@@ -75,11 +83,14 @@ def model_method(m: ModelInfo, family: str) -> Method:
                   standalone=True)
 
 
-def composition_methods(rows: Sequence[CompositionRow], core: ModelInfo, max_nat_drop: float) -> list[Method]:
-    """The best composition with S_ERI and with S_SR over every robust model, chosen on validation."""
+def composition_methods(rows: Sequence[CompositionRow], core: ModelInfo, max_nat_drop: float,
+                        same_model: str | None = None) -> list[Method]:
+    """The best composition with S_ERI and with S_SR over every robust model, and (``same_model``) the
+    best composition of that robust model with either selector, each chosen on validation."""
     out = []
-    for kind, family in (("ERI", REFERENCE), ("SR", "composition, S_SR")):
-        rs = [r for r in rows if r.spec.kind == kind]
+    for family, rs in ((REFERENCE, [r for r in rows if r.spec.kind == "ERI"]),
+                       ("composition, S_SR", [r for r in rows if r.spec.kind == "SR"]),
+                       (SAME_MODEL, [r for r in rows if r.model.name == same_model])):
         if not rs:
             continue
         cands = [Candidate(r.name, r.model.val_records, r.spec.selection(r.model.val_records)) for r in rs]
@@ -99,7 +110,7 @@ def net_method(test: pd.DataFrame, val: pd.DataFrame, adaptive: pd.DataFrame, co
     for t in taus:
         ot = composition(test, core.records, SelectorSpec("NET", float(t)).selection(test))
         front.append((f"NET@{t:.2f}", ot.nat_acc, ot.rob_acc))
-    return _outcome_method("selection network S_NET", f"{robust_name}+{spec.name}", o, front)
+    return _outcome_method("selection network S_NET", f"{robust_name}+{spec.name}", o, front, baseline=True)
 
 
 def mixing_methods(test: pd.DataFrame, val: pd.DataFrame, core: ModelInfo, max_nat_drop: float,
@@ -124,7 +135,7 @@ def mixing_methods(test: pd.DataFrame, val: pd.DataFrame, core: ModelInfo, max_n
         ok = accurate(d)
         out.append(Method(labels.get(method, method), f"{robust_name} {method}@α={chosen:.4g}",
                           "attack list end to end through the mixture", d["index"].to_numpy(), ok,
-                          ok & robust(d, 1), front))
+                          ok & robust(d, 1), front, baseline=True))
     return out
 
 
@@ -135,29 +146,37 @@ class ComparisonRow:
     d_rob_core: Interval
     d_nat_ref: Interval | None
     d_rob_ref: Interval | None
+    d_nat_same: Interval | None = None     # a baseline against the best composition of its robust model
+    d_rob_same: Interval | None = None
 
 
 def comparison_rows(methods: Sequence[Method], core: Method, seed: int) -> list[ComparisonRow]:
-    """Each method with its paired differences against the core and the S_ERI composition (the
-    methods must hold the same test points)."""
+    """Each method with its paired differences against the core and the S_ERI composition, and each
+    baseline against the best composition of its own robust model (the methods must hold the same
+    test points)."""
     for m in methods:
         if not np.array_equal(m.index, core.index):
             raise DataError(f"comparison: {m.family} ({m.label}) covers other test points than the core")
     ref = next((m for m in methods if m.family == REFERENCE), None)
-    rows = []
-    for m in methods:
-        vs_ref = ref is not None and m is not ref
-        rows.append(ComparisonRow(
-            m, paired_diff_ci(m.correct, core.correct, seed=seed), paired_diff_ci(m.robust, core.robust, seed=seed),
-            paired_diff_ci(m.correct, ref.correct, seed=seed) if vs_ref else None,
-            paired_diff_ci(m.robust, ref.robust, seed=seed) if vs_ref else None))
-    return rows
+    same = next((m for m in methods if m.family == SAME_MODEL), None)
+
+    def vs(m: Method, r: Method) -> tuple[Interval, Interval]:
+        return paired_diff_ci(m.correct, r.correct, seed=seed), paired_diff_ci(m.robust, r.robust, seed=seed)
+
+    none = (None, None)
+    return [ComparisonRow(m, *vs(m, core), *(vs(m, ref) if ref is not None and m is not ref else none),
+                          *(vs(m, same) if same is not None and m.baseline else none)) for m in methods]
 
 
 def _verdict(d: Interval | None) -> str:
     if d is None:
         return tables.DASH
     return "higher" if d.lo > 0 else "lower" if d.hi < 0 else "no clear difference"
+
+
+def _versus(d_rob: Interval, d_nat: Interval) -> str:
+    return (f"R_rob^acc {_verdict(d_rob)} ({tables.dci(*d_rob.as_tuple())}), R_nat {_verdict(d_nat)} "
+            f"({tables.dci(*d_nat.as_tuple())})")
 
 
 def comparison_md(rows: Sequence[ComparisonRow], eps: float, n: int, max_nat_drop: float) -> str:
@@ -170,9 +189,10 @@ def comparison_md(rows: Sequence[ComparisonRow], eps: float, n: int, max_nat_dro
                      tables.dci(*r.d_nat_core.as_tuple()), tables.dci(*r.d_rob_core.as_tuple()),
                      tables.dci(*r.d_nat_ref.as_tuple()) if r.d_nat_ref else tables.DASH,
                      tables.dci(*r.d_rob_ref.as_tuple()) if r.d_rob_ref else tables.DASH, m.evidence])
-    lines = [f"- **{r.method.family}** against the S_ERI composition: R_rob^acc "
-             f"{_verdict(r.d_rob_ref)} ({tables.dci(*r.d_rob_ref.as_tuple())}), R_nat {_verdict(r.d_nat_ref)} "
-             f"({tables.dci(*r.d_nat_ref.as_tuple())})"
+    same = next((r.method.label for r in rows if r.method.family == SAME_MODEL), None)
+    lines = [f"- **{r.method.family}** against the S_ERI composition: {_versus(r.d_rob_ref, r.d_nat_ref)}"
+             + (f"; against {same}, the best composition of the same robust model: "
+                f"{_versus(r.d_rob_same, r.d_nat_same)}" if r.d_rob_same is not None else "")
              + ("; its robust accuracy has no adaptive attack behind it." if "no adaptive" in r.method.evidence
                 else ".") for r in rows if r.d_rob_ref is not None and not r.method.standalone]
     return ("# Every way of combining the core with a robust model, on one plane\n\n"
@@ -195,10 +215,11 @@ def comparison_metrics(rows: Sequence[ComparisonRow]) -> dict[str, Any]:
     for r in rows:
         if r.method.standalone:
             continue
-        key = "comparison/" + r.method.family.replace(" ", "_").replace(",", "")
+        key = "comparison/" + re.sub(r"[^A-Za-z0-9]+", "_", r.method.family).strip("_")
         out[f"{key}/nat_acc"], out[f"{key}/rob_acc"] = r.method.nat_acc.value, r.method.rob_acc.value
         for name, d in (("d_nat_acc", r.d_nat_core), ("d_rob_acc", r.d_rob_core),
-                        ("d_nat_acc_vs_eri", r.d_nat_ref), ("d_rob_acc_vs_eri", r.d_rob_ref)):
+                        ("d_nat_acc_vs_eri", r.d_nat_ref), ("d_rob_acc_vs_eri", r.d_rob_ref),
+                        ("d_nat_acc_vs_same", r.d_nat_same), ("d_rob_acc_vs_same", r.d_rob_same)):
             if d is not None:
                 out[f"{key}/{name}"], out[f"{key}/{name}_lo"], out[f"{key}/{name}_hi"] = d.as_tuple()
     return out
@@ -224,7 +245,7 @@ def comparison_methods(models: Sequence[ModelInfo], core: ModelInfo, rows: Seque
     """Every method of the module docstring, the core first, then the robust models on their own."""
     out = [model_method(core, "core")]
     out += [model_method(m, "robust model") for m in models if m.role != "core"]
-    out += composition_methods(rows, core, max_nat_drop)
+    out += composition_methods(rows, core, max_nat_drop, baselines.robust)
     if cascade_chain is not None:
         name, o = cascade_chain
         out.append(_outcome_method("cascade of compositions", name, o, []))

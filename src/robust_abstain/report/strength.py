@@ -18,6 +18,7 @@ import pandas as pd
 from ..analysis.records import accurate, attack_broke, attack_prefixes
 from ..analysis.stats import Interval, paired_diff_ci, rate_ci
 from ..attacks.registry import ATTACKS
+from ..errors import DataError
 from .tables import ci, dci, markdown, num
 
 _NAME = {a.prefix: name for name, a in ATTACKS.items()}
@@ -25,8 +26,9 @@ _NAME = {a.prefix: name for name, a in ATTACKS.items()}
 
 @dataclass(frozen=True)
 class StrengthRow:
-    """One model at one scale: ``broken`` by attack name (points broken beyond every earlier attack,
-    at this scale or a smaller one), robust accuracy under APGD-CE alone and under the list, and
+    """One model at one scale: ``broken`` by attack name (points APGD-CE left robust up to this scale
+    that the attack broke, at this scale or a smaller one, and no earlier attack did; they add up to
+    the points the list breaks beyond APGD-CE), robust accuracy under APGD-CE alone and under the list, and
     their paired difference (list minus APGD-CE, <= 0)."""
 
     model: str
@@ -44,20 +46,31 @@ def strength_rows(name: str, df: pd.DataFrame, seed: int) -> list[StrengthRow]:
     rows = []
     for s in (1, 2):
         apgd_ok = np.ones(len(df), dtype=bool)
-        broken: dict[str, int] = {}
-        extra = np.zeros(len(df), dtype=bool)
         for t in range(1, s + 1):
             apgd_ok &= df[f"adv_pred_{t}x"].to_numpy() == pred
+        broken: dict[str, int] = {}
+        extra = np.zeros(len(df), dtype=bool)       # broken by a further attack, APGD-CE robust
+        for t in range(1, s + 1):
             for p in attack_prefixes(df, t):
                 if p in ("adv", "sr"):
                     continue
-                hit = attack_broke(df, p, t)
+                # at 2 eps APGD-CE re-attacks what a member broke at eps: not beyond APGD-CE if it breaks it
+                hit = attack_broke(df, p, t) & apgd_ok & ~extra
                 broken[_NAME.get(p, p)] = broken.get(_NAME.get(p, p), 0) + int(hit.sum())
                 extra |= hit
         ok_list = apgd_ok & ~extra
         rows.append(StrengthRow(name, s, len(df), broken, rate_ci(acc & apgd_ok), rate_ci(acc & ok_list),
                                 paired_diff_ci(acc & ok_list, acc & apgd_ok, seed=seed)))
     return rows
+
+
+def _per_point(name: str, cost: Mapping[str, Any]) -> dict[str, float]:
+    """Model evaluations per test point of each attack, from the evaluate stage's --cost-out JSON."""
+    if not isinstance(cost.get("evaluations"), dict) or not isinstance(cost.get("points"), int) \
+            or cost["points"] < 1:
+        raise DataError(f"strength cost of {name}: expected {{'points': n >= 1, 'evaluations': {{attack: "
+                        f"count}}}}, got {dict(cost)!r}; re-run the strength stage (dvc repro)")
+    return {a: v / cost["points"] for a, v in cost["evaluations"].items()}
 
 
 def strength_md(records: Mapping[str, pd.DataFrame], costs: Mapping[str, Mapping[str, Any]], eps: float,
@@ -78,25 +91,24 @@ def strength_md(records: Mapping[str, pd.DataFrame], costs: Mapping[str, Mapping
         entries.update({f"{key}/d_rob_acc_{r.scale}x": r.d_rob_acc.value,
                         f"{key}/d_rob_acc_{r.scale}x_lo": r.d_rob_acc.lo,
                         f"{key}/d_rob_acc_{r.scale}x_hi": r.d_rob_acc.hi})
-    total = {a: sum(r.broken.get(a, 0) for r in rows if r.scale == 2) for a in attacks}   # 2 eps counts eps too
-    cost_head = ["model"] + [f"{a}" for a in ATTACKS if any(a in c.get("evaluations", {}) for c in costs.values())]
-    cost_body = []
-    for name, c in costs.items():
-        ev, pts = c.get("evaluations", {}), max(int(c.get("points", 1)), 1)
-        cost_body.append([name] + [num(round(ev.get(a, 0) / pts, 1)) for a in cost_head[1:]])
+    total = {(a, k): sum(r.broken.get(a, 0) for r in rows if r.scale == k) for a in attacks for k in (1, 2)}
+    per_point = {name: _per_point(name, c) for name, c in costs.items()}
+    cost_head = ["model"] + [a for a in ATTACKS if any(a in c for c in per_point.values())]
+    cost_body = [[name] + [num(round(c[a], 1)) if a in c else "–" for a in cost_head[1:]]
+                 for name, c in per_point.items()]
     text = (
         "# Would a stronger attack change the numbers?\n\n"
         f"The robustness attacks of the list, in order, on the first {n} test points of every model "
         "(a subset, for the time budget: `evaluate_strong.n_points`): each attack runs only on the points "
         "every earlier attack left robust (AutoAttack's convention), at ε and then at 2ε (there APGD-CE "
         "on every point it left robust at ε, the others only on the points robust at ε under the whole "
-        "list). '+ attack breaks' counts the points it broke that every earlier attack missed, at that "
-        "radius or at ε, misclassified points included (an attack that moves a wrong answer shrinks the "
-        "robust inaccuracy, not R_rob^acc). Numbers in percent, [95 % interval]; Δ: paired bootstrap "
+        "list). '+ attack breaks' counts the points APGD-CE left robust at that radius that the attack "
+        "broke, at that radius or at ε, and no earlier attack did, misclassified points included (an "
+        "attack that moves a wrong answer shrinks the robust inaccuracy, not R_rob^acc). Numbers in percent, [95 % interval]; Δ: paired bootstrap "
         "95 % interval over the same points.\n\n"
         + markdown(head, body, align="ll" + "r" * (len(head) - 2)) + "\n\n"
-        + "Points broken beyond APGD-CE at 2ε (those at ε included), all models together: "
-        + ", ".join(f"{a}: {k}" for a, k in total.items()) + ".\n\n"
+        + "Points broken beyond APGD-CE, all models together (at ε; at 2ε, those at ε included): "
+        + ", ".join(f"{a}: {total[a, 1]}; {total[a, 2]}" for a in attacks) + ".\n\n"
         "## What each attack cost\n\n"
         "Model evaluations (images through the model, the forward passes of gradient steps included) "
         "per test point of the subset, both radii together: the same on every machine "
