@@ -85,6 +85,7 @@ def test_build_report_writes_the_comparison_with_every_method(tmp_path):
     assert any(l.startswith("- linear mixing: R_rob^acc") for l in lines) and len(lines) >= 4
     assert f"{key}/d_rob_acc_vs_same" in m and "comparison/composition_S_SR/d_rob_acc_vs_same" not in m
     assert any(l.startswith("- linear mixing:") and "same robust model" in l for l in lines)
+    assert any(l.startswith("- composition, S_SR: R_rob^acc") for l in lines)     # the family's own name
 
 
 def test_the_selection_networks_tau_is_chosen_on_validation_whatever_the_test_records_say():

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..analysis.records import accurate
+from .comparison import FAMILIES, family_key
 from .models import FINE_TUNED, ModelInfo
 from .summary import BASELINE
 from .tables import dci
@@ -124,7 +125,8 @@ def comparison_claim(m: dict[str, Any]) -> list[str]:
                 f"{word(m[f'{k}/d_nat_acc_vs_{ref}_lo'], m[f'{k}/d_nat_acc_vs_{ref}_hi'])} "
                 f"({_ci(m, f'{k}/d_nat_acc_vs_{ref}')})")
 
-    return [f"- {k.split('/', 1)[1].replace('_', ' ')}: {versus(k, 'eri')}"
+    names = {family_key(f): f for f in FAMILIES}
+    return [f"- {names.get(k.split('/', 1)[1], k.split('/', 1)[1])}: {versus(k, 'eri')}"
             + (f"; against the best composition of the same robust model: {versus(k, 'same')}"
                if f"{k}/d_rob_acc_vs_same" in m else "") for k in keys]
 

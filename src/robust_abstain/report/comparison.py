@@ -40,6 +40,15 @@ from .models import ModelInfo
 REFERENCE = "composition, S_ERI"
 #: the baselines' like-for-like reference: the best composition of their robust model
 SAME_MODEL = "composition, baselines' robust model"
+SR_COMPOSITION, CASCADE, NET = "composition, S_SR", "cascade of compositions", "selection network S_NET"
+MIXINGS = {"linear": "linear mixing", "nuts": "MixedNUTS mixing"}
+#: every family that gets metrics (comparison/<family_key>/...)
+FAMILIES = (REFERENCE, SR_COMPOSITION, SAME_MODEL, CASCADE, NET, *MIXINGS.values())
+
+
+def family_key(family: str) -> str:
+    """A family's name in metric keys: ``comparison/<family_key>/...``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", family).strip("_")
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +98,7 @@ def composition_methods(rows: Sequence[CompositionRow], core: ModelInfo, max_nat
     best composition of that robust model with either selector, each chosen on validation."""
     out = []
     for family, rs in ((REFERENCE, [r for r in rows if r.spec.kind == "ERI"]),
-                       ("composition, S_SR", [r for r in rows if r.spec.kind == "SR"]),
+                       (SR_COMPOSITION, [r for r in rows if r.spec.kind == "SR"]),
                        (SAME_MODEL, [r for r in rows if r.model.name == same_model])):
         if not rs:
             continue
@@ -110,14 +119,13 @@ def net_method(test: pd.DataFrame, val: pd.DataFrame, adaptive: pd.DataFrame, co
     for t in taus:
         ot = composition(test, core.records, SelectorSpec("NET", float(t)).selection(test))
         front.append((f"NET@{t:.2f}", ot.nat_acc, ot.rob_acc))
-    return _outcome_method("selection network S_NET", f"{robust_name}+{spec.name}", o, front, baseline=True)
+    return _outcome_method(NET, f"{robust_name}+{spec.name}", o, front, baseline=True)
 
 
 def mixing_methods(test: pd.DataFrame, val: pd.DataFrame, core: ModelInfo, max_nat_drop: float,
                    robust_name: str) -> list[Method]:
     """Each mixing method (column ``method``) at the mixing weight ``alpha`` chosen on validation;
     the front: every alpha, on test."""
-    labels = {"linear": "linear mixing", "nuts": "MixedNUTS mixing"}
     out = []
     for method, vg in val.groupby("method", sort=False):
         tg = {float(a): by_index(d.drop(columns=["method", "alpha"]), f"{method} records")
@@ -133,7 +141,7 @@ def mixing_methods(test: pd.DataFrame, val: pd.DataFrame, core: ModelInfo, max_n
             front.append((f"{method}@{a:g}", float(ok.mean()), float((ok & robust(d, 1)).mean())))
         d = tg[chosen]
         ok = accurate(d)
-        out.append(Method(labels.get(method, method), f"{robust_name} {method}@α={chosen:.4g}",
+        out.append(Method(MIXINGS.get(method, method), f"{robust_name} {method}@α={chosen:.4g}",
                           "attack list end to end through the mixture", d["index"].to_numpy(), ok,
                           ok & robust(d, 1), front, baseline=True))
     return out
@@ -215,7 +223,7 @@ def comparison_metrics(rows: Sequence[ComparisonRow]) -> dict[str, Any]:
     for r in rows:
         if r.method.standalone:
             continue
-        key = "comparison/" + re.sub(r"[^A-Za-z0-9]+", "_", r.method.family).strip("_")
+        key = "comparison/" + family_key(r.method.family)
         out[f"{key}/nat_acc"], out[f"{key}/rob_acc"] = r.method.nat_acc.value, r.method.rob_acc.value
         for name, d in (("d_nat_acc", r.d_nat_core), ("d_rob_acc", r.d_rob_core),
                         ("d_nat_acc_vs_eri", r.d_nat_ref), ("d_rob_acc_vs_eri", r.d_rob_ref),
@@ -248,7 +256,7 @@ def comparison_methods(models: Sequence[ModelInfo], core: ModelInfo, rows: Seque
     out += composition_methods(rows, core, max_nat_drop, baselines.robust)
     if cascade_chain is not None:
         name, o = cascade_chain
-        out.append(_outcome_method("cascade of compositions", name, o, []))
+        out.append(_outcome_method(CASCADE, name, o, []))
     out.append(net_method(baselines.net, baselines.net_val, baselines.net_adaptive, core, taus, max_nat_drop,
                           baselines.robust))
     out += mixing_methods(baselines.mixing, baselines.mixing_val, core, max_nat_drop, baselines.robust)
