@@ -52,7 +52,8 @@ def main() -> None:
                 if m.role not in ("core", "headline")}
     adaptive["headline"] = _read(res / "adaptive" / "headline" / f"s{seeds[0]}.csv")
     ev_cfg = EvaluateConfig.from_params(ev, "evaluate")
-    check_same_threat_model(EvaluateConfig.from_params(ev_strong, "evaluate_strong"), ev_cfg)
+    strong_cfg = EvaluateConfig.from_params(ev_strong, "evaluate_strong")
+    check_same_threat_model(strong_cfg, ev_cfg)
     eps = ev_cfg.eps
     cert_eps = EvaluateConfig.from_params(ev_l2, "evaluate_l2").eps
     robust_records = stage.load_params()["pipeline"]["baselines"]["records"]
@@ -70,7 +71,7 @@ def main() -> None:
     text, entries = strength_md({m.name: _read(res / "strength" / f"{files(m)}.csv") for m in models},
                                 {m.name: json.loads(_read_text(res / "strength" / f"{files(m)}.json"))
                                  for m in models},
-                                EvaluateConfig.from_params(ev_strong, "evaluate_strong").eps, rp.seed)
+                                strong_cfg.eps, rp.seed)
     save_text(text, Path(args.out) / "strength.md")
     metrics = metrics_json({**metrics, **rounded(entries)}, json.loads(_read_text(res / "synthetic.json")))
     save_json(metrics, Path(args.out) / "metrics.json")

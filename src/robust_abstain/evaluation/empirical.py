@@ -203,15 +203,14 @@ def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index:
     for softmax response (2 eps is what robust selection needs; -1 / NaN at scales not run).
 
     ``budget``: the attacks' budgets (:meth:`EvaluateConfig.budget`); or, without it, one made of
-    ``norm``, ``steps``, ``restarts``, ``seed`` and ``batch_size`` (enough for APGD; unset: linf,
-    40, 1, 0, 500), never both. ``cost`` (if given) receives what each robustness attack cost."""
+    ``norm``, ``steps``, ``restarts``, ``seed`` and ``batch_size`` (enough for APGD; unset ones take
+    :class:`AttackBudget`'s defaults), never both. ``cost`` (if given) receives what each robustness
+    attack cost."""
     flat = {"norm": norm, "steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size}
-    if budget is not None and any(v is not None for v in flat.values()):
-        given = sorted(k for k, v in flat.items() if v is not None)
-        raise ParamError(f"empirical_records: give the attacks' budget or {given}, not both")
-    if budget is None:
-        defaults = {"norm": "linf", "steps": 40, "restarts": 1, "seed": 0, "batch_size": 500}
-        budget = AttackBudget(**{k: defaults[k] if v is None else v for k, v in flat.items()})
+    given = {k: v for k, v in flat.items() if v is not None}
+    if budget is not None and given:
+        raise ParamError(f"empirical_records: give the attacks' budget or {sorted(given)}, not both")
+    budget = budget or AttackBudget(**given)
     attacks = check_attack_list(attacks, "attacks")
     with eval_mode(model):
         pred, conf = natural(model, x)

@@ -56,8 +56,9 @@ class SelectionNetConfig(Section):
     (models.nets.ARCHS, one output logit); ``steps``, ``lr``, ``batch_size``, ``seed``: Adam
     training; ``adv_steps``: PGD steps of the adversarial training in B_eps (0: plain BCE);
     ``eval_steps``: steps of the attacks that minimise the score (``net_score_min``), PGD from x and
-    APGD from ``eval_restarts`` random starts (0: PGD only); ``device``. The composition's threshold tau is chosen on validation from the report's grid
-    (``report.n_taus``), like every other threshold."""
+    APGD from ``eval_restarts`` random starts (0: PGD only); ``device``. The composition's
+    threshold tau is chosen on validation from the report's grid (``report.n_taus``), like every
+    other threshold."""
 
     n_train: int
     label_steps: int
@@ -224,7 +225,8 @@ def net_records(records: pd.DataFrame, net: nn.Module, x: torch.Tensor, eps: flo
                 cfg: SelectionNetConfig, norm: str = "linf", batch_size: int = 500) -> pd.DataFrame:
     """A copy of F_robust's empirical ``records`` (same rows, same order) with the columns
     ``net_score`` (sigmoid(s(x))) and ``net_score_min`` (:func:`lowest_score` with
-    ``cfg.eval_steps`` steps, ``cfg.eval_restarts`` APGD restarts, seed ``cfg.seed``, in B_eps(x)). ``x`` holds the records' points in their row order."""
+    ``cfg.eval_steps`` steps, ``cfg.eval_restarts`` APGD restarts, seed ``cfg.seed``, in B_eps(x)).
+    ``x`` holds the records' points in their row order."""
     if len(x) != len(records):
         raise DataError(f"selection network: {len(x)} inputs for {len(records)} records")
     dev = next(net.parameters()).device

@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..analysis.records import accurate
-from .comparison import FAMILIES, family_key
+from ..analysis.stats import Interval
+from .comparison import FAMILIES, family_key, versus
 from .models import FINE_TUNED, ModelInfo
 from .summary import BASELINE
 from .tables import dci
@@ -117,17 +118,11 @@ def comparison_claim(m: dict[str, Any]) -> list[str]:
     """One line per method of reports/comparison.md against the S_ERI composition, and a baseline also
     against the best composition of its own robust model."""
     keys = sorted({k.rsplit("/", 1)[0] for k in m if k.startswith("comparison/") and k.endswith("/d_rob_acc_vs_eri")})
-    word = lambda lo, hi: "higher" if lo > 0 else "lower" if hi < 0 else "no clear difference"  # noqa: E731
-
-    def versus(k: str, ref: str) -> str:
-        return (f"R_rob^acc {word(m[f'{k}/d_rob_acc_vs_{ref}_lo'], m[f'{k}/d_rob_acc_vs_{ref}_hi'])} "
-                f"({_ci(m, f'{k}/d_rob_acc_vs_{ref}')}), R_nat "
-                f"{word(m[f'{k}/d_nat_acc_vs_{ref}_lo'], m[f'{k}/d_nat_acc_vs_{ref}_hi'])} "
-                f"({_ci(m, f'{k}/d_nat_acc_vs_{ref}')})")
-
+    iv = lambda key: Interval(m[key], m[key + "_lo"], m[key + "_hi"])  # noqa: E731
+    vs = lambda k, ref: versus(iv(f"{k}/d_rob_acc_vs_{ref}"), iv(f"{k}/d_nat_acc_vs_{ref}"))  # noqa: E731
     names = {family_key(f): f for f in FAMILIES}
-    return [f"- {names.get(k.split('/', 1)[1], k.split('/', 1)[1])}: {versus(k, 'eri')}"
-            + (f"; against the best composition of the same robust model: {versus(k, 'same')}"
+    return [f"- {names.get(k.split('/', 1)[1], k.split('/', 1)[1])}: {vs(k, 'eri')}"
+            + (f"; against the best composition of the same robust model: {vs(k, 'same')}"
                if f"{k}/d_rob_acc_vs_same" in m else "") for k in keys]
 
 

@@ -182,7 +182,8 @@ def _verdict(d: Interval | None) -> str:
     return "higher" if d.lo > 0 else "lower" if d.hi < 0 else "no clear difference"
 
 
-def _versus(d_rob: Interval, d_nat: Interval) -> str:
+def versus(d_rob: Interval, d_nat: Interval) -> str:
+    """'R_rob^acc higher (+1.4 [+0.2, +2.5]), R_nat no clear difference (...)': paired differences in words."""
     return (f"R_rob^acc {_verdict(d_rob)} ({tables.dci(*d_rob.as_tuple())}), R_nat {_verdict(d_nat)} "
             f"({tables.dci(*d_nat.as_tuple())})")
 
@@ -198,9 +199,9 @@ def comparison_md(rows: Sequence[ComparisonRow], eps: float, n: int, max_nat_dro
                      tables.dci(*r.d_nat_ref.as_tuple()) if r.d_nat_ref else tables.DASH,
                      tables.dci(*r.d_rob_ref.as_tuple()) if r.d_rob_ref else tables.DASH, m.evidence])
     same = next((r.method.label for r in rows if r.method.family == SAME_MODEL), None)
-    lines = [f"- **{r.method.family}** against the S_ERI composition: {_versus(r.d_rob_ref, r.d_nat_ref)}"
+    lines = [f"- **{r.method.family}** against the S_ERI composition: {versus(r.d_rob_ref, r.d_nat_ref)}"
              + (f"; against {same}, the best composition of the same robust model: "
-                f"{_versus(r.d_rob_same, r.d_nat_same)}" if r.d_rob_same is not None else "")
+                f"{versus(r.d_rob_same, r.d_nat_same)}" if r.d_rob_same is not None else "")
              + ("; its robust accuracy has no adaptive attack behind it." if "no adaptive" in r.method.evidence
                 else ".") for r in rows if r.d_rob_ref is not None and not r.method.standalone]
     return ("# Every way of combining the core with a robust model, on one plane\n\n"

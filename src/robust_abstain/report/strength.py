@@ -28,8 +28,8 @@ _NAME = {a.prefix: name for name, a in ATTACKS.items()}
 class StrengthRow:
     """One model at one scale: ``broken`` by attack name (points APGD-CE left robust up to this scale
     that the attack broke, at this scale or a smaller one, and no earlier attack did; they add up to
-    the points the list breaks beyond APGD-CE), robust accuracy under APGD-CE alone and under the list, and
-    their paired difference (list minus APGD-CE, <= 0)."""
+    the points the list breaks beyond APGD-CE), robust accuracy under APGD-CE alone and under the
+    list, and their paired difference (list minus APGD-CE, <= 0)."""
 
     model: str
     scale: int
@@ -104,8 +104,8 @@ def strength_md(records: Mapping[str, pd.DataFrame], costs: Mapping[str, Mapping
         "on every point it left robust at ε, the others only on the points robust at ε under the whole "
         "list). '+ attack breaks' counts the points APGD-CE left robust at that radius that the attack "
         "broke, at that radius or at ε, and no earlier attack did, misclassified points included (an "
-        "attack that moves a wrong answer shrinks the robust inaccuracy, not R_rob^acc). Numbers in percent, [95 % interval]; Δ: paired bootstrap "
-        "95 % interval over the same points.\n\n"
+        "attack that moves a wrong answer shrinks the robust inaccuracy, not R_rob^acc). Numbers in "
+        "percent, [95 % interval]; Δ: paired bootstrap 95 % interval over the same points.\n\n"
         + markdown(head, body, align="ll" + "r" * (len(head) - 2)) + "\n\n"
         + "Points broken beyond APGD-CE, all models together (at ε; at 2ε, those at ε included): "
         + ", ".join(f"{a}: {total[a, 1]}; {total[a, 2]}" for a in attacks) + ".\n\n"
