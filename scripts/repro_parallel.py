@@ -7,8 +7,8 @@ stage's command runs. This script
 
 1. brings everything the chosen stages depend on up to date with one ordinary `dvc repro`,
 2. runs the chosen stages with `-j` workers (in waves, if some depend on others), each `dvc --wait-for-lock repro --single-item STAGE`
-   with `CUDA_VISIBLE_DEVICES` set to one GPU of `--gpus` (without `--gpus`: `RA_THREADS`, the
-   stages' torch thread count, set to an equal share of the cores),
+   with `CUDA_VISIBLE_DEVICES` set to one GPU of `--gpus` (without `--gpus`: `RA_WORKERS`, the
+   stages' worker processes, set to an equal share of the cores),
 3. leaves the rest (merges, report) to a following `dvc repro`.
 
 Each stage's log goes to `.dvc/tmp/repro_parallel/<stage>.log`. Stages that are up to date are
@@ -82,11 +82,11 @@ def main() -> int:
     free: queue.Queue[str | None] = queue.Queue()
     for slot in (gpus[:jobs] if gpus else [None] * jobs):
         free.put(slot)
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    workers = str(max(1, (os.cpu_count() or 1) // jobs))
 
     def run(stage: str) -> tuple[str, int, Path]:
         slot = free.get()
-        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {"RA_THREADS": threads})}
+        env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {"RA_WORKERS": workers})}
         log = logs / f"{stage.replace('/', '_')}.log"
         try:
             with open(log, "w") as f:

@@ -5,6 +5,7 @@ SECTION.train.seed (``default``: keep it), for the seed spread of the headline r
 import argparse
 
 from robust_abstain import stage
+from robust_abstain.parallel import TRAIN_THREADS
 from robust_abstain.data import load_prepared
 from robust_abstain.live import epoch_logger
 from robust_abstain.params import count
@@ -35,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, threads=TRAIN_THREADS)

@@ -12,7 +12,7 @@ from robust_abstain.analysis.records import accurate, robust
 from robust_abstain.data import load_prepared
 from robust_abstain.device import resolve_device
 from robust_abstain.errors import ParamError
-from robust_abstain.evaluation.empirical import EvaluateConfig
+from robust_abstain.evaluation.empirical import EvaluateConfig, PointSet
 from robust_abstain.evaluation.mixing import MixingConfig, choice_logits, choose_nuts, front, mixing_records
 from robust_abstain.io import save_csv, save_json
 from robust_abstain.models.checkpoint import load_model
@@ -43,9 +43,13 @@ def main() -> None:
     save_json([dataclasses.asdict(c) for c in choices], args.choice_out)
     points = front(core_model, robust_model, cfg, choices)
 
-    for ds, n, out in ((test, ecfg.n_points, args.out), (val, ecfg.n_val_points, args.val_out)):
+    jobs = {"test": (test, ecfg.n_points, args.out), "val": (val, ecfg.n_val_points, args.val_out)}
+    sets = {}
+    for split, (ds, n, _) in jobs.items():
         x, y = ds.tensors[0][:n], ds.tensors[1][:n]
-        df = mixing_records(points, x, y, torch.arange(len(y)), ecfg)
+        sets[split] = PointSet(x, y, torch.arange(len(y)))
+    for split, df in mixing_records(points, sets, ecfg).items():
+        out = jobs[split][2]
         save_csv(df, out)
         for (method, alpha), d in df.groupby(["method", "alpha"], sort=False):
             print(f"{method} alpha={alpha:.4f}: natural {accurate(d).mean():.3f}, robust accuracy at "

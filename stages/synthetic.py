@@ -2,6 +2,7 @@
 import argparse
 
 from robust_abstain import stage
+from robust_abstain.parallel import TRAIN_THREADS
 from robust_abstain.data import prepare
 from robust_abstain.figure1 import SyntheticConfig, plot_figure1, train_synthetic_models
 from robust_abstain.io import save_figure, save_json
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, threads=TRAIN_THREADS)

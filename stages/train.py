@@ -2,6 +2,7 @@
 import argparse
 
 from robust_abstain import stage
+from robust_abstain.parallel import TRAIN_THREADS
 from robust_abstain.data import load_prepared
 from robust_abstain.live import epoch_logger
 from robust_abstain.training import train_model
@@ -21,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, threads=TRAIN_THREADS)

@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see robust_abstain/__init__.py
+# pieces of work in this process (models that count their calls see them all); the tests of the
+# worker processes set RA_WORKERS themselves (test_parallel.py, test_resume.py, test_pipeline.py)
+os.environ.setdefault("RA_WORKERS", "1")
 
 import pytest
 import torch

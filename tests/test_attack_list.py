@@ -155,7 +155,8 @@ def test_strength_page_and_claim_name_each_attack_and_judge_on_the_interval():
     df = pd.DataFrame({"index": [0, 1, 2, 3], "label": [0, 0, 0, 1], "pred": [0, 0, 0, 0],
                        "adv_pred_1x": [0, 0, 0, 1], "adv_pred_2x": [0, 0, 0, 1],
                        "apgdt_pred_1x": [2, 0, 0, -1], "apgdt_pred_2x": [-1, 1, 0, -1]})
-    text, m = strength_md({"m": df}, {"m": {"points": 4, "evaluations": {"apgd-ce": 40, "apgd-t": 80}}}, 0.1, 0)
+    text, m = strength_md({"m": df}, {"m": {"points": {"apgd-ce": 8, "apgd-t": 4},
+                                                "evaluations": {"apgd-ce": 80, "apgd-t": 80}}}, 0.1, 0)
     assert "| m     | ε = 0.1" in text and "apgd-t: 1; 2." in text and "|      10 |     20 |" in text
     with pytest.raises(DataError, match="strength cost of m"):
         strength_md({"m": df}, {"m": {"evaluations": {"apgd-ce": 40}}}, 0.1, 0)

@@ -80,7 +80,7 @@ def run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(int(os.environ.get("RA_THREADS", threads)))
     steps: list[int] = []
-    real_step = train_mod.train_step
+    real_step = train_mod.batch_step
 
     def counted_step(*a, **k):
         steps.append(1)
@@ -96,7 +96,7 @@ def run(tmp_path_factory):
 
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(train_mod, "train_step", counted_step)
+            mp.setattr(train_mod, "batch_step", counted_step)
             runs = {"core": train("core", "core"), "base": train("base", "base"),
                     "base_small": train("base_small", "base_small")}
             for name, beta in BETAS.items():

@@ -16,7 +16,7 @@ from torch import nn
 from robust_abstain.analysis.records import EMPIRICAL_COLUMNS, accurate, robust
 from robust_abstain.attacks import APGD
 from robust_abstain.errors import DataError, ParamError
-from robust_abstain.evaluation.empirical import EvaluateConfig
+from robust_abstain.evaluation.empirical import EvaluateConfig, PointSet
 from robust_abstain.evaluation.mixing import (MixingConfig, _cutoff_and_objective, choice_logits,
                                               choose_nuts, eps_records, front, mixing_records)
 from robust_abstain.models.mixing import LinearMix, NutsMix, layer_norm, nuts_transform
@@ -211,7 +211,7 @@ def test_mixing_records_schema_and_front():
     other = dataclasses.replace(choices[0], beta=choices[0].beta + 0.1, s=choices[0].s + 1)
     with pytest.raises(DataError, match="same alpha"):
         front(core, rob, cfg, [choices[0], other])
-    df = mixing_records(points, x, y, torch.arange(20), ecfg)
+    (df,) = mixing_records(points, {"test": PointSet(x, y, torch.arange(20))}, ecfg).values()
     assert list(df.columns) == ["method", "alpha"] + EMPIRICAL_COLUMNS
     assert len(df) == 2 * 20
     for (method, _), d in df.groupby(["method", "alpha"], sort=False):

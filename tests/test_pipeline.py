@@ -16,7 +16,7 @@ from micro import fake_fashion_mnist, make_project, micro_params
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t", "RA_THREADS": "1"}
+       "GIT_COMMITTER_EMAIL": "t@t", "RA_WORKERS": "2"}
 
 
 def sh(cmd, cwd, check=True):

@@ -1,9 +1,13 @@
 """Exact resume through the stage CLIs. A training stage killed with a real SIGKILL in the middle of
 epoch 2, then run again (it prints "resuming after epoch 1/2"), must end with the checkpoint of an
-uninterrupted run, bit for bit: for TRADES (`train.py base`), ERA (`finetune.py`) and CRA
-(`finetune.py --section cert_finetune`). The process kills itself at a fixed place
-(``RA_TEST_KILL_AT=2:3``: before batch 3 of epoch 2, see robust_abstain.training.loop), so the test does
-not depend on timing. Also: resume state is never in git."""
+uninterrupted run, byte for byte: for CE (`train.py core`, the default's one shard per batch), TRADES
+(`train.py base`), ERA (`finetune.py`) and CRA (`finetune.py --section cert_finetune`). The last three
+split each batch into two shards (``train.shards: 2``, training/shards.py): the uninterrupted run
+computes them in one process, the killed and resumed one in two (``RA_WORKERS``), so the same bytes
+also show that the weights do not depend on the number of workers. The process kills
+itself at a fixed place (``RA_TEST_KILL_AT=2:3``: before batch 3 of epoch 2, see
+robust_abstain.training.loop), so the test does not depend on timing. Also: resume state is never in
+git."""
 import os
 import signal
 import subprocess
@@ -16,10 +20,13 @@ import yaml
 
 from micro import ROOT, fake_fashion_mnist, micro_params
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RA_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
 ENV.pop("RA_TEST_KILL_AT", None)
+ENV.pop("RA_THREADS", None)
+WORKERS = {"ref": "1", "run": "2"}   # processes computing the shards of a batch
 INIT = "init.pt"  # an untrained model to fine-tune from
 CASES = {  # loss -> (stage arguments, output)
+    "ce": (["train.py", "core"], "models/core.pt"),          # one shard: the default's training
     "trades": (["train.py", "base"], "models/base.pt"),
     "era": (["finetune.py", "--loss", "sweep.era-1", "--init", INIT], "models/finetune/era-1.pt"),
     "cra": (["finetune.py", "--section", "cert_finetune", "--loss", "cert_sweep.cra-4", "--init", INIT],
@@ -32,9 +39,13 @@ def resume_params(data_root: Path) -> dict:
     (so the compared weights are those that epoch 2 made)."""
     p = micro_params(data_root)
     p["base"]["width"] = 4
+    p["core"]["width"] = 4
+    p["core"]["train"].update(epochs=2, steps=None, n_train=64, n_val=16, batch_size=16, select="last")
     p["base"]["train"].update(epochs=2, steps=None, n_train=64, n_val=16, batch_size=16, select="last")
     p["finetune"]["train"].update(epochs=2, steps=None, n_train=48, n_val=16, batch_size=12, select="last")
     p["cert_finetune"]["train"].update(epochs=2, steps=None, n_train=24, n_val=12, batch_size=6, select="last")
+    for sec in ("base", "finetune", "cert_finetune"):
+        p[sec]["train"]["shards"] = 2   # the shards of a batch in one or two workers (training/shards.py)
     return p
 
 
@@ -62,7 +73,7 @@ def start(project: Path, name: str, case: str, kill_at: str | None = None) -> su
         for f in ("params.yaml", "data", INIT):
             (cwd / f).symlink_to(project / f)
     args, out = CASES[case]
-    env = {**ENV, "RA_TEST_KILL_AT": kill_at} if kill_at else ENV
+    env = {**ENV, "RA_WORKERS": WORKERS[name], **({"RA_TEST_KILL_AT": kill_at} if kill_at else {})}
     return subprocess.Popen([sys.executable, str(ROOT / "stages" / args[0]), *args[1:], "--out", out],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -108,6 +119,9 @@ def test_killed_mid_epoch_and_rerun_equals_uninterrupted(project, runs, case):
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert a["meta"] == b["meta"]  # the same per-epoch history, validation metrics included
+    # the same bytes (so DVC sees the same output): pickle's sharing of equal strings does not
+    # depend on whether the history was loaded back from a resume state
+    assert (project / case / "ref" / out).read_bytes() == (project / case / "run" / out).read_bytes()
     assert states(project / case / "run") == states(project / case / "ref") == []  # none left behind
 
 

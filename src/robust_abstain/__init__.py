@@ -14,12 +14,13 @@ The README's "Library" section has the full table and how to add a loss, attack,
 
 import os as _os
 
-# OpenMP threads that spin while waiting (ACTIVE) make a training step of the default's small CNNs
-# 1.5-2x faster on 2 threads than sleeping ones (PASSIVE: TRADES step 86-123 ms vs 51-59 ms, ERA
-# 168-246 vs 101-126 ms, measured side by side), and a stage has the cores to itself under `dvc
-# repro`. Spinning makes small ops ~100x slower when another busy process shares the cores, so set
-# OMP_WAIT_POLICY=PASSIVE then (the tests do; stages sharing cores through repro_parallel run one
-# thread each, which never spins). Scheduling only: the numbers are the same. Read when torch loads.
+# Stages compute at one thread per process and spread their work over worker processes
+# (robust_abstain.parallel): that uses 2 cores better than one process at 2 threads. Where a process
+# is given more threads (RA_THREADS, benchmarks), OpenMP threads that spin while waiting (ACTIVE) make
+# a training step of the default's small CNNs 1.5-2x faster than sleeping ones (PASSIVE), as long as
+# no other busy process shares the cores; with other processes they make small ops ~100x slower, so
+# set OMP_WAIT_POLICY=PASSIVE then (the tests do). Scheduling only: the numbers are the same. Read
+# when torch loads.
 _os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 # The same numbers on every x86 CPU: ATen and oneDNN pick kernels by instruction set, and an AVX-512
@@ -29,7 +30,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 # call, so this works after `import torch` as long as no tensor op ran before. MKL (nn.Linear's
 # GEMM) is left alone: its reproducible mode MKL_CBWR=COMPATIBLE makes a forward pass depend on the
 # batch size (measured), which certification's sharding relies on not doing. The thread count
-# matters too: see stage.run (RA_THREADS). Override: RA_CPU_ISA=native (the CPU's best kernels).
+# matters too: see robust_abstain.parallel (one thread). Override: RA_CPU_ISA=native (the CPU's best kernels).
 if _os.environ.get("RA_CPU_ISA", "avx2") == "avx2":
     import platform as _platform
     if _platform.machine().lower() in ("x86_64", "amd64"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -68,14 +69,35 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     plt.close(fig)
 
 
+def _canonical(obj: Any) -> Any:
+    """``obj`` with every dict, list and tuple rebuilt and every string interned: pickle shares an
+    object it meets twice (its memo), so whether two equal strings are one object or two (e.g. a
+    history's keys in a run, or the same keys loaded back from a resume state) would change the
+    bytes. After this, equal strings are always one object and containers never are."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):   # (a state_dict is an OrderedDict with a _metadata attribute: kept)
+        out = type(obj)((_canonical(k), _canonical(v)) for k, v in obj.items())
+        for k, v in getattr(obj, "__dict__", {}).items():
+            setattr(out, k, _canonical(v))
+        return out
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(_canonical(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` a dict of tensors / plain Python values, atomically. Saving through a file
-    object keeps the archive's inner folder name fixed ("archive"), so equal states give equal
-    bytes (with a path, torch names it after the random temp file) and DVC sees no change."""
+    """``torch.save`` a dict of tensors / plain Python values, atomically, with bytes that depend on
+    the content only: through a file object, so the archive's inner folder name is fixed
+    ("archive", with a path torch names it after the random temp file), and :func:`_canonical`, so
+    the pickle does not depend on which equal strings happen to be one object. Equal states give
+    equal bytes, also after a resume, and DVC sees no change."""
     import torch  # here, not at the top: CSV/JSON writers (e.g. the certify_merge stage) need no torch
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save(_canonical(state), f)
 
 
 _HTML_PREFIXES = (b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")

@@ -3,7 +3,6 @@ any user-facing error, params read safely, deterministic CPU threads."""
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable
 
@@ -12,18 +11,16 @@ from .errors import ParamError, RobustAbstainError
 from .params import load_params, section
 
 
-#: CPU threads of every stage (the default machine's 2 cores); ``RA_THREADS`` overrides
-THREADS = 2
-
-
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], None], threads: int | None = None) -> None:
     """Call ``main``; turn a :class:`RobustAbstainError` into ``error: ...`` on stderr and exit 1.
-    Stages that use torch (imported by then) run on ``RA_THREADS`` CPU threads, default
-    :data:`THREADS`: results depend on the thread count (bench/bench_isa.py), so every machine uses
-    the same one unless told otherwise."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(int(os.environ.get("RA_THREADS", THREADS)))
+    Stages that use torch (imported by then) compute at ``threads`` CPU threads (default
+    :data:`robust_abstain.parallel.THREADS`, one; the training stages pass
+    :data:`~robust_abstain.parallel.TRAIN_THREADS`) and spread their independent pieces of work over
+    worker processes at one thread each (:func:`robust_abstain.parallel.pmap`): results depend on
+    the thread count (bench/bench_isa.py), not on the number of workers."""
+    if "torch" in sys.modules:
+        from .parallel import THREADS, set_threads
+        set_threads(threads or THREADS)
     try:
         main()
     except RobustAbstainError as e:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -54,6 +54,7 @@ from ..attacks import APGD, ATTACKS, eval_mode, pgd
 from ..attacks.autoattack import AttackBudget, attack_points
 from ..attacks.registry import PAPER_DEFAULT
 from ..errors import ParamError
+from ..parallel import chunks, piece_seed, pmap
 from .empirical import EvaluateConfig, attack_list, selector_attack
 
 
@@ -293,12 +294,26 @@ def adaptive_records(robust_model: nn.Module, core_model: nn.Module, robust_df: 
     """Per-point evidence for ``compose.composition``, one block of rows per selector:
     columns index, selector (its name), h_adv_wrong, h_adv_pred (-1 where not fooled).
     ``selector_net``: the selection network of the S_NET specs (their ``robust_df`` holds its
-    scores, evaluation/selection_net.py); unused by the other kinds."""
+    scores, evaluation/selection_net.py); unused by the other kinds.
+
+    The points are attacked in pieces of ``cfg.batch_size`` (in the records' order), piece ``k`` with
+    the seed of piece ``k`` (:func:`~..parallel.piece_seed`), spread over worker processes: the
+    records do not depend on the number of workers."""
+    targets = {spec.name: attack_targets(robust_df, core_df, spec.selection(robust_df)) for spec in specs}
+    pieces = [(spec, k, r) for spec in specs for k, r in enumerate(chunks(len(y), cfg.batch_size))]
+
+    def run(piece: tuple[SelectorSpec, int, range]) -> tuple[np.ndarray, np.ndarray]:
+        spec, k, r = piece
+        at = slice(r.start, r.stop)
+        return attack_composition(robust_model, core_model, spec, x[at], y[at], targets[spec.name][at],
+                                  replace(cfg, seed=piece_seed(cfg.seed, k)),
+                                  selector_net if _own_network(spec) else None)
+
+    done = pmap(run, pieces, desc="attack on H")
     out = []
     for spec in specs:
-        targets = attack_targets(robust_df, core_df, spec.selection(robust_df))
-        fooled, h_adv = attack_composition(robust_model, core_model, spec, x, y, targets, cfg,
-                                           selector_net if _own_network(spec) else None)
+        parts = [d for (sp, _, _), d in zip(pieces, done) if sp is spec]
         out.append(pd.DataFrame({"index": robust_df["index"].to_numpy(), "selector": spec.name,
-                                 "h_adv_wrong": fooled, "h_adv_pred": h_adv}))
+                                 "h_adv_wrong": np.concatenate([f for f, _ in parts]),
+                                 "h_adv_pred": np.concatenate([h for _, h in parts])}))
     return pd.concat(out, ignore_index=True)

@@ -24,6 +24,7 @@ from ..attacks import eval_mode
 from ..errors import ParamError
 from ..io import save_csv, save_json
 from ..models.checkpoint import weights_digest
+from ..parallel import pimap
 from ..params import Section, count, positive
 from .shards import shard_count
 from .smoothing import NOISE_BLOCK, Smooth, check_budget
@@ -133,21 +134,26 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     save_csv(done, partial)  # a clean file (no torn line) to append to
     done_set = set(done["index"].tolist())
     todo = [j for j, i in enumerate(idx.tolist()) if i not in done_set]
+
+    def group(g: int) -> pd.DataFrame:
+        pos = torch.tensor(todo[g:g + points_per_call])
+        xs = x[pos]
+        conf, pred = _clean_predictions(smooth.base_classifier, xs, batch_size)
+        cls, radius, spred = smooth.certify_points(xs, idx[pos], seed, n0, n, alpha, batch_size)
+        return pd.DataFrame({"index": idx[pos].numpy(), "label": y[pos].numpy(),
+                             "pred": pred.cpu().numpy(), "conf": conf.double().cpu().numpy(),
+                             "smooth_pred": spred.cpu().numpy(), "cert_pred": cls.cpu().numpy(),
+                             "cert_radius": radius.cpu().numpy()})[CERTIFIED_COLUMNS]
+
+    # groups of points in worker processes (noise is per point, so any split certifies alike),
+    # appended here in order as they finish
     with open(partial, "a") as f, tqdm(total=len(idx), initial=len(idx) - len(todo), desc="certify",
                                        unit="pt", disable=not progress) as bar:
-        for g in range(0, len(todo), points_per_call):
-            pos = torch.tensor(todo[g:g + points_per_call])
-            xs = x[pos]
-            conf, pred = _clean_predictions(smooth.base_classifier, xs, batch_size)
-            cls, radius, spred = smooth.certify_points(xs, idx[pos], seed, n0, n, alpha, batch_size)
-            rows = pd.DataFrame({"index": idx[pos].numpy(), "label": y[pos].numpy(),
-                                 "pred": pred.cpu().numpy(), "conf": conf.double().cpu().numpy(),
-                                 "smooth_pred": spred.cpu().numpy(), "cert_pred": cls.cpu().numpy(),
-                                 "cert_radius": radius.cpu().numpy()})[CERTIFIED_COLUMNS]
+        for rows in pimap(group, range(0, len(todo), points_per_call), device=x.device):
             rows.to_csv(f, header=False, index=False)
             f.flush()
             os.fsync(f.fileno())
-            bar.update(len(pos))
+            bar.update(len(rows))
     df = pd.read_csv(partial, **EXACT_READ).astype(CERTIFIED_DTYPES)
     df = df[df["index"].isin(labels)].drop_duplicates("index").sort_values("index", kind="stable")
     df = df.reset_index(drop=True)[CERTIFIED_COLUMNS]

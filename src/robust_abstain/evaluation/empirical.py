@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 import torch
@@ -26,6 +26,7 @@ from ..attacks.autoattack import AttackBudget, attack_predictions
 from ..attacks.common import model_device
 from ..attacks.registry import PAPER_DEFAULT, ROBUSTNESS
 from ..errors import ParamError
+from ..parallel import chunks, piece_seed, pmap
 from ..params import Section, choice, count, non_negative, scales
 
 
@@ -147,20 +148,28 @@ class AttackCost:
 
 def attack_list(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, eps: float, attacks: Sequence[str],
                 budget: AttackBudget, progress: bool = False, cost: AttackCost | None = None,
-                scales: Sequence[int] = (1, 2)) -> dict[str, torch.Tensor]:
+                scales: Sequence[int] = (1, 2), known: Mapping[str, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
     """The robustness attacks ``attacks`` in order against F(x) = ``pred``, at eps then 2 eps (the
     ``scales`` asked for), each on the points still robust (AutoAttack's convention): the columns
     ``<prefix>_pred_<s>x`` and ``<prefix>_conf_<s>x`` of each (-1 / NaN where it did not run).
     APGD-CE, first in every list, is the exception: at 2 eps it attacks every point it left robust
     at eps, and repeats its eps prediction where it broke the point there, so its own verdict is
     complete at both radii (the attacks after it add to it, reports/strength.md).
-    ``cost`` (if given) receives what each attack cost."""
+    ``cost`` (if given) receives what each attack cost. ``known``: columns of an earlier run of the
+    same attacks on the same points (e.g. the evaluate records' APGD-CE), taken as they are instead
+    of attacking again."""
     cols: dict[str, torch.Tensor] = {}
     alive = torch.ones(len(pred), dtype=torch.bool)
     cost = cost if cost is not None else AttackCost()
     for s in scales:
         for name in attacks:
             prefix = ATTACKS[name].prefix
+            if known is not None and f"{prefix}_pred_{s}x" in known:
+                adv, conf = known[f"{prefix}_pred_{s}x"].clone(), known[f"{prefix}_conf_{s}x"].clone()
+                alive &= (adv == pred) | (adv == -1)
+                cols[f"{prefix}_pred_{s}x"], cols[f"{prefix}_conf_{s}x"] = adv, conf
+                continue
             adv, conf = torch.full_like(pred, -1), torch.full((len(pred),), float("nan"))
             on = alive
             if s == 2 and name == "apgd-ce" and "adv_pred_1x" in cols:
@@ -196,7 +205,8 @@ def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index:
                       restarts: int | None = None, seed: int | None = None, batch_size: int | None = None,
                       sr_scales: Sequence[int] = (2,),
                       attacks: Sequence[str] = PAPER_DEFAULT, budget: AttackBudget | None = None,
-                      progress: bool = True, cost: AttackCost | None = None) -> pd.DataFrame:
+                      progress: bool = True, cost: AttackCost | None = None,
+                      known: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame:
     """Per-sample records (records.EMPIRICAL_COLUMNS, then the columns of the list's further
     attacks) at eps and 2 eps: the clean prediction and confidence, the robustness attacks of
     ``attacks`` in order against F(x) (:func:`attack_list`), and APGD-conf (17) at ``sr_scales``
@@ -205,7 +215,8 @@ def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index:
     ``budget``: the attacks' budgets (:meth:`EvaluateConfig.budget`); or, without it, one made of
     ``norm``, ``steps``, ``restarts``, ``seed`` and ``batch_size`` (enough for APGD; unset ones take
     :class:`AttackBudget`'s defaults), never both. ``cost`` (if given) receives what each robustness
-    attack cost."""
+    attack cost. ``known``: columns of earlier records of these points (``pred``, ``conf`` and attack
+    columns, see :func:`attack_list`), reused instead of computed again."""
     flat = {"norm": norm, "steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size}
     given = {k: v for k, v in flat.items() if v is not None}
     if budget is not None and given:
@@ -213,10 +224,72 @@ def empirical_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index:
     budget = budget or AttackBudget(**given)
     attacks = check_attack_list(attacks, "attacks")
     with eval_mode(model):
-        pred, conf = natural(model, x)
+        pred, conf = (known["pred"], known["conf"]) if known is not None and "pred" in known else natural(model, x)
         cols = {"index": index, "label": y, "pred": pred, "conf": conf, "eps": torch.full_like(conf, eps)}
-        robust_cols = attack_list(model, x, pred, eps, attacks, budget, progress, cost)
+        robust_cols = attack_list(model, x, pred, eps, attacks, budget, progress, cost, known=known)
         cols |= robust_cols | selector_attack(model, x, pred, eps, sr_scales, budget, progress)
     df = pd.DataFrame({k: v.cpu().numpy() for k, v in cols.items()})
     extra = [c for c in robust_cols if c not in EMPIRICAL_COLUMNS]
     return df[EMPIRICAL_COLUMNS + extra]
+
+
+class PointSet(NamedTuple):
+    """Points to evaluate: inputs, labels, dataset indices, and (optional) ``known`` columns of
+    earlier records of them (:func:`empirical_records`)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    known: Mapping[str, torch.Tensor] | None = None
+
+
+#: the columns of a model's records that a stronger attack list reuses (APGD-CE is first in every list)
+REUSED = ("pred", "conf", "adv_pred_1x", "adv_conf_1x", "adv_pred_2x", "adv_conf_2x")
+
+
+class Evaluated(NamedTuple):
+    """A set's records and what their attacks cost."""
+
+    records: pd.DataFrame
+    cost: AttackCost
+
+
+def _sum_costs(costs: Sequence[AttackCost]) -> AttackCost:
+    total = AttackCost()
+    for c in costs:
+        for a, v in c.seconds.items():
+            total.seconds[a] = total.seconds.get(a, 0.0) + v
+        for a, v in c.evaluations.items():
+            total.evaluations[a] = total.evaluations.get(a, 0) + v
+    return total
+
+
+def records_in_pieces(model: nn.Module, sets: Mapping[str, PointSet], eps: float, attacks: Sequence[str],
+                      budget: AttackBudget, sr_scales: Sequence[int] = (2,), desc: str | None = "evaluate"
+                      ) -> dict[str, Evaluated]:
+    """:func:`empirical_records` of each set of points, and what its attacks cost, computed in
+    pieces of ``budget.batch_size`` points spread over worker processes (:func:`~..parallel.pmap`).
+
+    Piece ``k`` of every set is attacked as a whole with the budget's seed for piece ``k``
+    (:func:`~..parallel.piece_seed`): the records depend on ``batch_size``, never on the number of
+    workers. Rows keep the sets' order. A set's ``known`` columns (e.g. :data:`REUSED` of earlier
+    records, for a stronger list after the records' APGD-CE) are taken as they are."""
+    pieces = [(name, k, r) for name, ps in sets.items() for k, r in enumerate(chunks(len(ps.y), budget.batch_size))]
+
+    def run(piece: tuple[str, int, range]) -> Evaluated:
+        name, k, r = piece
+        ps, at = sets[name], slice(r.start, r.stop)
+        known = {c: v[at] for c, v in ps.known.items()} if ps.known is not None else None
+        cost = AttackCost()
+        df = empirical_records(model, ps.x[at], ps.y[at], ps.index[at], eps, sr_scales=sr_scales, attacks=attacks,
+                               budget=replace(budget, seed=piece_seed(budget.seed, k)), progress=False, cost=cost,
+                               known=known)
+        return Evaluated(df, cost)
+
+    done = pmap(run, pieces, desc=desc, device=model_device(model))
+    out = {}
+    for name in sets:
+        parts = [d for (n, _, _), d in zip(pieces, done) if n == name]
+        out[name] = Evaluated(pd.concat([d.records for d in parts], ignore_index=True),
+                              _sum_costs([d.cost for d in parts]))
+    return out

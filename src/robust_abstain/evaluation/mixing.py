@@ -30,15 +30,14 @@ or ``nuts``) and ``alpha``; select one point before ``records.by_index`` / ``ali
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..analysis.records import ABSTAIN, EMPIRICAL_COLUMNS
 from ..attacks import APGD, ATTACKS, eval_mode
@@ -46,7 +45,8 @@ from ..attacks.common import model_device
 from ..errors import DataError, ParamError
 from ..params import Section, choice, count, number, positive, probability
 from ..models.mixing import ATTACK_VIEWS, CORE_PROBS, LinearMix, NutsMix, nuts_transform
-from .empirical import EvaluateConfig, attack_list, natural
+from ..parallel import chunks, piece_seed, pmap
+from .empirical import EvaluateConfig, PointSet, attack_list, natural
 
 #: the numerically safe ceiling of a cutoff (MixedNUTS's own: 1 - alpha must not vanish)
 MAX_CUTOFF = 1 - 1e-9
@@ -167,9 +167,14 @@ def choice_logits(robust: nn.Module, x: torch.Tensor, y: torch.Tensor, ecfg: Eva
     dev, b = model_device(robust), ecfg.batch_size
     with eval_mode(robust), torch.no_grad():
         clean = torch.cat([robust(x[i:i + b].to(dev)).cpu() for i in range(0, len(x), b)])
-    _, attacked = APGD(robust, norm=ecfg.norm, eps=ecfg.eps, steps=ecfg.steps, restarts=ecfg.restarts,
-                       objective="ce", seed=seed, batch_size=ecfg.batch_size).run(x, y)
-    attacked, y = attacked.cpu(), y.cpu()
+
+    def attack(k_r: tuple[int, range]) -> torch.Tensor:   # piece k with the seed of piece k
+        k, r = k_r
+        return APGD(robust, norm=ecfg.norm, eps=ecfg.eps, steps=ecfg.steps, restarts=ecfg.restarts,
+                    objective="ce", seed=piece_seed(seed, k), batch_size=b).run(x[r.start:r.stop],
+                                                                                y[r.start:r.stop])[1].cpu()
+    attacked = torch.cat(pmap(attack, enumerate(chunks(len(y), b)), desc="MixedNUTS choice"))
+    y = y.cpu()
     return attacked[attacked.argmax(1) == y], clean[clean.argmax(1) != y]
 
 
@@ -238,14 +243,24 @@ def eps_records(views: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, in
     return df[EMPIRICAL_COLUMNS + [c for c in df.columns if c not in EMPIRICAL_COLUMNS]]
 
 
-def mixing_records(points: list[FrontPoint], x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
-                   ecfg: EvaluateConfig) -> pd.DataFrame:
-    """:func:`eps_records` of every front point, one frame with leading ``method`` and ``alpha``
-    columns."""
-    frames = []
-    for pt in tqdm(points, desc="mixtures", leave=False):
-        df = eps_records(pt.views, x, y, index, ecfg)
-        df.insert(0, "alpha", pt.alpha)
-        df.insert(0, "method", pt.method)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+def mixing_records(points: list[FrontPoint], sets: Mapping[str, PointSet], ecfg: EvaluateConfig
+                   ) -> dict[str, pd.DataFrame]:
+    """:func:`eps_records` of every front point on each set of points, one frame per set with leading
+    ``method`` and ``alpha`` columns. The points are attacked in pieces of ``ecfg.batch_size``, piece
+    ``k`` of each set with the seed of piece ``k`` (:func:`~..parallel.piece_seed`), spread over
+    worker processes: the records do not depend on the number of workers."""
+    pieces = [(name, j, k, r) for name, ps in sets.items() for j in range(len(points))
+              for k, r in enumerate(chunks(len(ps.y), ecfg.batch_size))]
+
+    def run(piece: tuple[str, int, int, range]) -> pd.DataFrame:
+        name, j, k, r = piece
+        ps, at = sets[name], slice(r.start, r.stop)
+        df = eps_records(points[j].views, ps.x[at], ps.y[at], ps.index[at],
+                         replace(ecfg, seed=piece_seed(ecfg.seed, k)))
+        df.insert(0, "alpha", points[j].alpha)
+        df.insert(0, "method", points[j].method)
+        return df
+
+    done = pmap(run, pieces, desc="mixtures")
+    return {name: pd.concat([d for (n, *_), d in zip(pieces, done) if n == name], ignore_index=True)
+            for name in sets}

@@ -39,12 +39,14 @@ from tqdm.auto import tqdm
 from ..analysis.records import accurate, robust
 from ..analysis.selectors import NET_COLUMNS
 from ..attacks import APGD, NORMS, eval_mode, pgd
+from ..attacks.autoattack import AttackBudget
 from ..errors import DataError
 from ..models.checkpoint import ModelSpec
 from ..models.nets import ARCHS
+from ..parallel import pmap
 from ..params import Section, choice, count, positive
 from ..seeds import stream_seed
-from .empirical import empirical_records
+from .empirical import PointSet, records_in_pieces
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,10 @@ def selection_labels(robust_model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                      progress: bool = True) -> torch.Tensor:
     """t(x) = 1 iff F_robust(x) = y and F_robust is robust on B_2eps(x) under APGD-CE
     (``cfg.label_steps`` steps, seed ``cfg.seed``): float tensor of 0 / 1, one per point."""
-    df = empirical_records(robust_model, x, y, torch.arange(len(y)), eps, norm=norm, steps=cfg.label_steps,
-                           restarts=1, seed=cfg.seed, batch_size=batch_size, sr_scales=(),
-                           attacks=("apgd-ce",), progress=progress)
+    budget = AttackBudget(norm=norm, steps=cfg.label_steps, restarts=1, seed=cfg.seed, batch_size=batch_size)
+    (df, *_), = records_in_pieces(robust_model, {"train": PointSet(x, y, torch.arange(len(y)))}, eps,
+                                 ("apgd-ce",), budget, sr_scales=(),
+                                 desc="selection labels" if progress else None).values()
     return torch.as_tensor(accurate(df) & robust(df, 2), dtype=torch.float32)
 
 
@@ -188,37 +191,36 @@ def lowest_score(net: nn.Module, x: torch.Tensor, eps: float, steps: int, restar
     and its modes are restored; same inputs and seed, same result; the global RNG is left alone."""
     norm = choice(norm, "norm", NORMS)
     count(restarts, "restarts", min=0)
-    scores, lows, points = [], [], []
+
+    def piece(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:   # batch i: seeded by i alone
+        xb = x[i:i + batch_size]
+        with torch.no_grad():
+            z0 = logit(net, xb)
+        best_z, best_x = z0.clone(), xb.detach().clone()
+
+        def track(z_at: torch.Tensor, x_at: torch.Tensor) -> None:
+            lower = z_at < best_z
+            best_z[lower], best_x[lower] = z_at[lower], x_at[lower]
+
+        def objective(xa: torch.Tensor) -> torch.Tensor:
+            z = logit(net, xa)
+            track(z.detach(), xa.detach())
+            return z
+
+        last = pgd(objective, xb, eps, steps, norm=norm, random_start=False, maximize=False)
+        with torch.no_grad():
+            track(logit(net, last), last)
+        if restarts and eps > 0:
+            apgd = APGD(_ScoreAsClasses(net), norm=norm, eps=eps, steps=steps, restarts=restarts,
+                        objective="conf", seed=stream_seed(seed, i), batch_size=batch_size)
+            adv = apgd.perturb(xb, torch.ones(len(xb), dtype=torch.long, device=xb.device))
+            with torch.no_grad():
+                track(logit(net, adv), adv)
+        return torch.sigmoid(z0), torch.minimum(torch.sigmoid(best_z), torch.sigmoid(z0)), best_x
+
     with eval_mode(net):
-        for i in tqdm(range(0, len(x), batch_size), desc="attack on S_NET", mininterval=5,
-                      disable=len(x) <= batch_size):
-            xb = x[i:i + batch_size]
-            with torch.no_grad():
-                z0 = logit(net, xb)
-            best_z, best_x = z0.clone(), xb.detach().clone()
-
-            def track(z_at: torch.Tensor, x_at: torch.Tensor) -> None:
-                lower = z_at < best_z
-                best_z[lower], best_x[lower] = z_at[lower], x_at[lower]
-
-            def objective(xa: torch.Tensor) -> torch.Tensor:
-                z = logit(net, xa)
-                track(z.detach(), xa.detach())
-                return z
-
-            last = pgd(objective, xb, eps, steps, norm=norm, random_start=False, maximize=False)
-            with torch.no_grad():
-                track(logit(net, last), last)
-            if restarts and eps > 0:
-                apgd = APGD(_ScoreAsClasses(net), norm=norm, eps=eps, steps=steps, restarts=restarts,
-                            objective="conf", seed=stream_seed(seed, i), batch_size=batch_size)
-                adv = apgd.perturb(xb, torch.ones(len(xb), dtype=torch.long, device=xb.device))
-                with torch.no_grad():
-                    track(logit(net, adv), adv)
-            scores.append(torch.sigmoid(z0))
-            lows.append(torch.minimum(torch.sigmoid(best_z), torch.sigmoid(z0)))
-            points.append(best_x)
-    return torch.cat(scores), torch.cat(lows), torch.cat(points)
+        done = pmap(piece, range(0, len(x), batch_size), desc="attack on S_NET", device=x.device)
+    return tuple(torch.cat([d[j] for d in done]) for j in range(3))  # type: ignore[return-value]
 
 
 def net_records(records: pd.DataFrame, net: nn.Module, x: torch.Tensor, eps: float,

@@ -65,12 +65,15 @@ def strength_rows(name: str, df: pd.DataFrame, seed: int) -> list[StrengthRow]:
 
 
 def _per_point(name: str, cost: Mapping[str, Any]) -> dict[str, float]:
-    """Model evaluations per test point of each attack, from the evaluate stage's --cost-out JSON."""
-    if not isinstance(cost.get("evaluations"), dict) or not isinstance(cost.get("points"), int) \
-            or cost["points"] < 1:
-        raise DataError(f"strength cost of {name}: expected {{'points': n >= 1, 'evaluations': {{attack: "
-                        f"count}}}}, got {dict(cost)!r}; re-run the strength stage (dvc repro)")
-    return {a: v / cost["points"] for a, v in cost["evaluations"].items()}
+    """Model evaluations per attacked test point of each attack, from the evaluate stage's --cost-out
+    JSON: ``{"points": {attack: n}, "evaluations": {attack: count}}`` (APGD-CE's from every test point
+    of the records, the further attacks' from the subset)."""
+    points, evals = cost.get("points"), cost.get("evaluations")
+    if not isinstance(evals, dict) or not isinstance(points, dict) or set(points) != set(evals) \
+            or not all(isinstance(v, int) and v >= 1 for v in points.values()):
+        raise DataError(f"strength cost of {name}: expected {{'points': {{attack: n >= 1}}, 'evaluations': "
+                        f"{{attack: count}}}}, got {dict(cost)!r}; re-run its evaluate stage (dvc repro)")
+    return {a: v / points[a] for a, v in evals.items()}
 
 
 def strength_md(records: Mapping[str, pd.DataFrame], costs: Mapping[str, Mapping[str, Any]], eps: float,
@@ -111,7 +114,8 @@ def strength_md(records: Mapping[str, pd.DataFrame], costs: Mapping[str, Mapping
         + ", ".join(f"{a}: {total[a, 1]}; {total[a, 2]}" for a in attacks) + ".\n\n"
         "## What each attack cost\n\n"
         "Model evaluations (images through the model, the forward passes of gradient steps included) "
-        "per test point of the subset, both radii together: the same on every machine "
-        "(`bench/bench_attacks.py` gives seconds).\n\n"
+        "per attacked test point, both radii together: the same on every machine "
+        "(`bench/bench_attacks.py` gives seconds). APGD-CE's verdicts on the subset are the records' "
+        "own (not attacked again), so its cost is over all the test points of the records.\n\n"
         + markdown(cost_head, cost_body) + "\n")
     return text, entries

@@ -33,7 +33,7 @@ from ..evaluation.empirical import natural
 from ..losses import LossConfig, get_loss
 from .batches import epoch_streams, seeded_subset
 from .config import TrainConfig, make_optimizer
-from .loop import train_step
+from .loop import batch_step
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def run_curve(run: Run, model: torch.nn.Module, train: TensorDataset, val: Tenso
                 return _frame(run, rows)
             model.train()
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            train_step(model, opt, loss_fn, run.loss, x[idx], y[idx], loss_g)
+            batch_step(model, opt, loss_fn, run.loss, x[idx], y[idx], cfg, epoch, b, loss_g)
             step += 1
             bar.update()
     raise AssertionError("unreachable: the loop ends at the last checkpoint")
