@@ -3,8 +3,8 @@ side by side in one run on the default's robust CNN (width 8, 28 x 28):
 
 * training, the same TRADES steps (batch 100, PGD-5) three ways: one process at 2 threads (what the
   training stages do), two processes at 1 thread each sharing the steps (independent work, e.g. two
-  models trained at once), and data parallel over the batch's two shards in 2 workers at 1 thread
-  (``train.shards: 2``, robust_abstain/training/shards.py);
+  models trained at once), and data parallel over the batch's two splits in 2 workers at 1 thread
+  (``train.batch_splits: 2``, robust_abstain/training/data_parallel.py);
 * evaluation, the evaluate stage's attacks (APGD-CE at eps and 2 eps, APGD-conf at 2 eps, 40 steps)
   of models/base.pt on 500 test points in pieces of 250: two worker processes at 1 thread (what the
   evaluate stages do) against one process at 2 threads;
@@ -35,13 +35,13 @@ from robust_abstain.losses import LossConfig
 from robust_abstain.models.checkpoint import ModelSpec
 from robust_abstain.training import TrainConfig, fit
 torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-steps, shards = int(sys.argv[1]), int(sys.argv[2])
+steps, splits = int(sys.argv[1]), int(sys.argv[2])
 g = torch.Generator().manual_seed(0)
 x, y = torch.rand(steps * 100, 1, 28, 28, generator=g), torch.randint(0, 10, (steps * 100,), generator=g)
 torch.manual_seed(0)
 model = ModelSpec("cnn", (1, 28, 28), 10, (0.29,), (0.35,), 8).build()
 loss = LossConfig("trades", beta=6.0, eps=0.1, pgd_steps=5)
-cfg = TrainConfig(steps=steps, lr=3e-3, batch_size=100, n_val=10, select="last", shards=shards)
+cfg = TrainConfig(steps=steps, lr=3e-3, batch_size=100, n_val=10, select="last", batch_splits=splits)
 t = time.perf_counter()
 with contextlib.redirect_stdout(io.StringIO()):
     fit(model, loss, TensorDataset(x, y), TensorDataset(x[:10], y[:10]), cfg, f"/tmp/bench-par-{os.getpid()}.pt")
@@ -94,7 +94,7 @@ def main() -> None:
         "train: 1 process x 2 threads": lambda: _seconds(_run(TRAIN, s, "1", BENCH_THREADS="2")),
         "train: 2 processes x 1 thread, half the steps each": lambda: _seconds(
             _run(TRAIN, half, "1", BENCH_THREADS="1"), _run(TRAIN, half, "1", BENCH_THREADS="1")),
-        "train: data parallel, 2 shards in 2 workers x 1 thread": lambda: _seconds(
+        "train: data parallel, 2 splits in 2 workers x 1 thread": lambda: _seconds(
             _run(TRAIN, s, "2", BENCH_THREADS="1", RA_WORKERS="2", OMP_WAIT_POLICY="PASSIVE")),
         "evaluate: pieces in 2 workers x 1 thread": lambda: _seconds(_run(EVAL, *ev, RA_WORKERS="2")),
         "evaluate: pieces in 1 process x 2 threads": lambda: _seconds(_run(EVAL, *ev, RA_WORKERS="1",
@@ -119,7 +119,7 @@ def main() -> None:
     print(f"  training, 2 processes x 1 thread / 1 process x 2 threads:   "
           f"{med['train: 2 processes x 1 thread, half the steps each'] / two:.2f}")
     print(f"  training, data parallel 2 x 1 / 1 process x 2 threads:      "
-          f"{med['train: data parallel, 2 shards in 2 workers x 1 thread'] / two:.2f}")
+          f"{med['train: data parallel, 2 splits in 2 workers x 1 thread'] / two:.2f}")
     print(f"  evaluation, 2 workers x 1 thread / 1 process x 2 threads:   "
           f"{med['evaluate: pieces in 2 workers x 1 thread'] / med['evaluate: pieces in 1 process x 2 threads']:.2f}")
     print(f"start-up of a stage's imports (fresh interpreter): median {statistics.median(imports):.2f} s")

@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--save-log", help="write the timestamped log here")
     args = ap.parse_args()
     if args.log:
-        lines = [(float(t), line) for t, _, line in (l.partition(" ") for l in Path(args.log).read_text().splitlines())]
+        text = Path(args.log).read_text().splitlines()
+        lines = [(float(t), line) for t, _, line in (row.partition(" ") for row in text)]
     elif args.here:
         lines = run_repro(ROOT, args.force)
     else:

@@ -16,14 +16,15 @@ from robust_abstain.analysis.records import accurate, robust
 from robust_abstain.data import load_prepared
 from robust_abstain.device import resolve_device
 from robust_abstain.errors import ParamError
-from robust_abstain.evaluation.empirical import (REUSED, EvaluateConfig, PointSet, check_same_threat_model,
-                                                 records_in_pieces)
+from robust_abstain.evaluation.empirical import (REUSED, EvaluateConfig, Evaluated, PointSet,
+                                                 check_same_threat_model, records_in_pieces)
 from robust_abstain.io import save_csv, save_json
 from robust_abstain.models.checkpoint import load_model
 
 
 def _summary(df, eps: float) -> str:
-    return f"natural {accurate(df).mean():.3f}, robust accuracy at eps={eps}: {(accurate(df) & robust(df, 1)).mean():.3f}"
+    rob_acc = (accurate(df) & robust(df, 1)).mean()
+    return f"natural {accurate(df).mean():.3f}, robust accuracy at eps={eps}: {rob_acc:.3f}"
 
 
 def main() -> None:
@@ -60,21 +61,29 @@ def main() -> None:
                              desc=f"{sec} {args.model}")
     for split, ev in done.items():
         save_csv(ev.records, jobs[split][1])
-        print(f"{args.model} ({split}): {_summary(ev.records, cfg.eps)} -> {jobs[split][1]}; attack seconds "
+        print(f"{args.model} ({split}): {_summary(ev.records, cfg.eps)} -> {jobs[split][1]}; attack CPU seconds "
               + ", ".join(f"{k} {v:.1f}" for k, v in ev.cost.seconds.items()))
-    if strong is not None:   # the stronger list on the first n_points test points, after their APGD-CE
-        test, ps = done["test"], sets["test"]
-        n = min(strong.n_points, len(test.records))
-        known = {c: torch.from_numpy(test.records[c].to_numpy()[:n].copy()) for c in REUSED}
-        (df, cost), = records_in_pieces(model, {"test": PointSet(ps.x[:n], ps.y[:n], ps.index[:n], known)},
-                                        strong.eps, strong.attacks, strong.budget(), strong.sr_scales,
-                                        desc=f"evaluate_strong {args.model}").values()
-        save_csv(df, args.strong_out)
-        if args.cost_out:   # APGD-CE's cost over all the test points it attacked, the others' over theirs
-            points = {a: len(test.records) if a == "apgd-ce" else n for a in strong.attacks}
-            evals = {a: (test.cost if a == "apgd-ce" else cost).evaluations.get(a, 0) for a in strong.attacks}
-            save_json({"points": points, "evaluations": evals}, args.cost_out)
-        print(f"{args.model} (stronger attacks, first {n} test points): {_summary(df, cfg.eps)} -> {args.strong_out}")
+    if strong is not None:
+        stronger(model, strong, sets["test"], done["test"], args)
+
+
+def stronger(model, strong: EvaluateConfig, test_points: PointSet, test: Evaluated, args) -> None:
+    """The stronger list on the first ``strong.n_points`` test points, after the records' own APGD-CE
+    verdicts (:data:`REUSED`, not attacked again); its records, and with --cost-out what each attack
+    cost: APGD-CE's over all the test points it attacked, the others' over the subset."""
+    n = min(strong.n_points, len(test.records))
+    known = {c: torch.from_numpy(test.records[c].to_numpy()[:n].copy()) for c in REUSED}
+    ps = test_points
+    (df, cost), = records_in_pieces(model, {"test": PointSet(ps.x[:n], ps.y[:n], ps.index[:n], known)},
+                                    strong.eps, strong.attacks, strong.budget(), strong.sr_scales,
+                                    desc=f"evaluate_strong {args.model}").values()
+    save_csv(df, args.strong_out)
+    if args.cost_out:
+        points = {a: len(test.records) if a == "apgd-ce" else n for a in strong.attacks}
+        evals = {a: (test.cost if a == "apgd-ce" else cost).evaluations.get(a, 0) for a in strong.attacks}
+        save_json({"points": points, "evaluations": evals}, args.cost_out)
+    print(f"{args.model} (stronger attacks, first {n} test points): {_summary(df, strong.eps)} -> {args.strong_out}")
+
 
 if __name__ == "__main__":
     stage.run(main)

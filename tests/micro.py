@@ -51,8 +51,8 @@ def micro_params(data_root: Path, source: str = "params.yaml") -> dict:
     p["finetune"]["loss"]["pgd_steps"] = 2
     p["finetune"]["train"].update(steps=2, n_train=100, n_val=40)
     p["sweep"] = {"era-1": {"name": "era", "beta": 1.0}}  # one entry each: every stage kind, fewer runs
-    for sec in ("evaluate", "evaluate_l2"):
-        p[sec].update(steps=3, n_points=40, n_val_points=30)
+    for sec in ("evaluate", "evaluate_l2"):   # pieces of 16 points: several per stage, in worker processes
+        p[sec].update(steps=3, n_points=40, n_val_points=30, batch_size=16)
     p["evaluate"]["adaptive_push_steps"] = 2
     p["noise_base"]["train"].update(steps=2, n_train=200)
     p["noise_base"]["width"] = 8
@@ -61,7 +61,8 @@ def micro_params(data_root: Path, source: str = "params.yaml") -> dict:
     p["cert_sweep"] = {"cra-4": {"name": "cra", "beta": 4.0}}
     p["certify"].update(n0=10, n=40, n_points=12, batch_size=100)
     p["report"]["n_taus"] = 5
-    p["evaluate_strong"].update(n_points=10, steps=3, member_steps=2, n_target_classes=2, square_queries=10)
+    p["evaluate_strong"].update(n_points=10, steps=3, member_steps=2, n_target_classes=2, square_queries=10,
+                                batch_size=5)
     p["selection_net"].update(n_train=64, label_steps=2, steps=4, batch_size=32, adv_steps=1, eval_steps=2, eval_restarts=1)
     p["mixing"].update(alphas=[0.5], betas=[0.5], n_choose=30, attack_views=["nonlin"],
                        s_grid=[0.5, 1.0], p_grid=[1.0, 2.0], c_grid=[0.0])

@@ -122,7 +122,7 @@ def test_attack_list_params_are_checked():
     with pytest.raises(ParamError, match=r"budget or \['norm'\], not both"):
         empirical_records(nn.Linear(4, 4), torch.rand(2, 4), torch.zeros(2, dtype=torch.long), torch.arange(2),
                           0.1, norm="l2", budget=AttackBudget(norm="linf", steps=2, restarts=1))
-    # the strength section re-runs the records' APGD-CE: same threat model and budget
+    # the strength section follows the records' own APGD-CE verdicts: same threat model and budget
     strong = ev | {"attacks": ["apgd-ce", "square"], "square_queries": 100}
     check_same_threat_model(EvaluateConfig.from_params(strong, "s"), EvaluateConfig.from_params(ev, "e"))
     with pytest.raises(ParamError, match=r"evaluate_strong.eps is 0.2 but evaluate.eps is 0.1"):

@@ -123,12 +123,12 @@ def test_certification_equal_for_one_and_two_workers(tmp_path, monkeypatch):
     assert files["1"] == files["2"]
 
 
-def test_training_over_shards_gives_the_same_weights_in_one_and_two_workers(tmp_path, monkeypatch):
+def test_training_over_batch_splits_gives_the_same_weights_in_one_and_two_workers(tmp_path, monkeypatch):
     x, y = _points(96, seed=2)
     xv, yv = _points(24, seed=3)
     train, val = torch.utils.data.TensorDataset(x, y), torch.utils.data.TensorDataset(xv, yv)
     loss = LossConfig("trades", beta=1.0, eps=0.1, pgd_steps=2)
-    cfg = TrainConfig(steps=6, lr=1e-2, batch_size=32, select="last", shards=2)
+    cfg = TrainConfig(steps=6, lr=1e-2, batch_size=32, select="last", batch_splits=2)
     runs = {}
     for w in ("1", "2"):
         monkeypatch.setenv("RA_WORKERS", w)
@@ -139,12 +139,12 @@ def test_training_over_shards_gives_the_same_weights_in_one_and_two_workers(tmp_
     assert ha == hb
     one, _ = fit(_model(), loss, train, val, TrainConfig(steps=6, lr=1e-2, batch_size=32, select="last"),
                  tmp_path / "one.pt")
-    assert not torch.equal(one.state_dict()["1.0.weight"], a.state_dict()["1.0.weight"])  # shards draw their own
+    assert not torch.equal(one.state_dict()["1.0.weight"], a.state_dict()["1.0.weight"])  # splits draw their own
 
 
-def test_shards_refuse_the_fp16_scaler():
-    with pytest.raises(ParamError, match="shards > 1 does not work with amp: fp16"):
-        TrainConfig.from_params({"shards": 2, "amp": "fp16"}, "t")
+def test_batch_splits_refuse_the_fp16_scaler():
+    with pytest.raises(ParamError, match="batch_splits > 1 does not work with amp: fp16"):
+        TrainConfig.from_params({"batch_splits": 2, "amp": "fp16"}, "t")
 
 
 def test_checkpoint_bytes_depend_on_content_only(tmp_path):
@@ -154,7 +154,8 @@ def test_checkpoint_bytes_depend_on_content_only(tmp_path):
     shared = {"history": [{key: 0.5}, {key: 0.25}], "w": torch.ones(2)}
     separate = pickle.loads(pickle.dumps({"history": [{"val_loss": 0.5}], "w": torch.ones(2)}))
     separate["history"].append(pickle.loads(pickle.dumps({"val_loss": 0.25})))
-    assert separate["history"][0].keys().__iter__().__next__() is not separate["history"][1].keys().__iter__().__next__()
+    (k0,), (k1,) = separate["history"][0], separate["history"][1]
+    assert k0 is not k1   # equal strings, two objects
     save_checkpoint(shared, tmp_path / "a.pt")
     save_checkpoint(separate, tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

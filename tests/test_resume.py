@@ -1,8 +1,8 @@
 """Exact resume through the stage CLIs. A training stage killed with a real SIGKILL in the middle of
 epoch 2, then run again (it prints "resuming after epoch 1/2"), must end with the checkpoint of an
-uninterrupted run, byte for byte: for CE (`train.py core`, the default's one shard per batch), TRADES
+uninterrupted run, byte for byte: for CE (`train.py core`, the default's one process per run), TRADES
 (`train.py base`), ERA (`finetune.py`) and CRA (`finetune.py --section cert_finetune`). The last three
-split each batch into two shards (``train.shards: 2``, training/shards.py): the uninterrupted run
+split each batch in two (``train.batch_splits: 2``, training/data_parallel.py): the uninterrupted run
 computes them in one process, the killed and resumed one in two (``RA_WORKERS``), so the same bytes
 also show that the weights do not depend on the number of workers. The process kills
 itself at a fixed place (``RA_TEST_KILL_AT=2:3``: before batch 3 of epoch 2, see
@@ -23,10 +23,10 @@ from micro import ROOT, fake_fashion_mnist, micro_params
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
 ENV.pop("RA_TEST_KILL_AT", None)
 ENV.pop("RA_THREADS", None)
-WORKERS = {"ref": "1", "run": "2"}   # processes computing the shards of a batch
+WORKERS = {"ref": "1", "run": "2"}   # processes computing the splits of a batch
 INIT = "init.pt"  # an untrained model to fine-tune from
 CASES = {  # loss -> (stage arguments, output)
-    "ce": (["train.py", "core"], "models/core.pt"),          # one shard: the default's training
+    "ce": (["train.py", "core"], "models/core.pt"),          # one split: the default's training
     "trades": (["train.py", "base"], "models/base.pt"),
     "era": (["finetune.py", "--loss", "sweep.era-1", "--init", INIT], "models/finetune/era-1.pt"),
     "cra": (["finetune.py", "--section", "cert_finetune", "--loss", "cert_sweep.cra-4", "--init", INIT],
@@ -45,7 +45,7 @@ def resume_params(data_root: Path) -> dict:
     p["finetune"]["train"].update(epochs=2, steps=None, n_train=48, n_val=16, batch_size=12, select="last")
     p["cert_finetune"]["train"].update(epochs=2, steps=None, n_train=24, n_val=12, batch_size=6, select="last")
     for sec in ("base", "finetune", "cert_finetune"):
-        p[sec]["train"]["shards"] = 2   # the shards of a batch in one or two workers (training/shards.py)
+        p[sec]["train"]["batch_splits"] = 2   # a batch's two splits in one or two workers (training/data_parallel.py)
     return p
 
 
@@ -132,3 +132,21 @@ def test_resume_state_is_never_in_git():
     assert git("ls-files", "state").stdout == ""
     assert git("check-ignore", "-q", "state/models/base.state.pt").returncode == 0
     assert git("check-ignore", "-q", "state/synthetic/ERA.state.pt").returncode == 0
+
+
+def test_an_evaluate_stage_writes_the_same_bytes_with_one_and_two_workers(project):
+    """Records, the stronger attacks' records and their cost: pieces of points in one process or in
+    two worker processes (micro profile: pieces of 16 of 40 test and 30 validation points)."""
+    outs = ("t.csv", "v.csv", "s.csv", "s.json")
+    files = {}
+    for w in ("1", "2"):
+        cwd = project / f"evaluate-{w}"
+        cwd.mkdir()
+        for f in ("params.yaml", "data", INIT):
+            (cwd / f).symlink_to(project / f)
+        r = subprocess.run([sys.executable, str(ROOT / "stages/evaluate.py"), "--model", INIT, "--out", outs[0],
+                            "--val-out", outs[1], "--strong-out", outs[2], "--cost-out", outs[3]],
+                           cwd=cwd, env={**ENV, "RA_WORKERS": w}, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        files[w] = [(cwd / f).read_bytes() for f in outs]
+    assert files["1"] == files["2"]

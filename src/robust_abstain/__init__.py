@@ -14,13 +14,12 @@ The README's "Library" section has the full table and how to add a loss, attack,
 
 import os as _os
 
-# Stages compute at one thread per process and spread their work over worker processes
-# (robust_abstain.parallel): that uses 2 cores better than one process at 2 threads. Where a process
-# is given more threads (RA_THREADS, benchmarks), OpenMP threads that spin while waiting (ACTIVE) make
-# a training step of the default's small CNNs 1.5-2x faster than sleeping ones (PASSIVE), as long as
-# no other busy process shares the cores; with other processes they make small ops ~100x slower, so
-# set OMP_WAIT_POLICY=PASSIVE then (the tests do). Scheduling only: the numbers are the same. Read
-# when torch loads.
+# Training stages run one process at 2 threads; the other stages one thread per process, their pieces
+# of work spread over worker processes (robust_abstain.parallel). At 2 threads, OpenMP threads that
+# spin while waiting (ACTIVE) make a training step of the default's small CNNs 1.5-2x faster than
+# sleeping ones (PASSIVE), as long as no other busy process shares the cores (a one-thread stage never
+# spins); with other busy processes they make small ops ~100x slower, so set OMP_WAIT_POLICY=PASSIVE
+# then (the tests do). Scheduling only: the numbers are the same. Read when torch loads.
 _os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
 # The same numbers on every x86 CPU: ATen and oneDNN pick kernels by instruction set, and an AVX-512

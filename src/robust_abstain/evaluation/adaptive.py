@@ -54,7 +54,8 @@ from ..attacks import APGD, ATTACKS, eval_mode, pgd
 from ..attacks.autoattack import AttackBudget, attack_points
 from ..attacks.registry import PAPER_DEFAULT
 from ..errors import ParamError
-from ..parallel import chunks, piece_seed, pmap
+from ..attacks.common import model_device
+from ..parallel import by_set, chunks, piece_seed, pmap
 from .empirical import EvaluateConfig, attack_list, selector_attack
 
 
@@ -309,11 +310,9 @@ def adaptive_records(robust_model: nn.Module, core_model: nn.Module, robust_df: 
                                   replace(cfg, seed=piece_seed(cfg.seed, k)),
                                   selector_net if _own_network(spec) else None)
 
-    done = pmap(run, pieces, desc="attack on H")
-    out = []
-    for spec in specs:
-        parts = [d for (sp, _, _), d in zip(pieces, done) if sp is spec]
-        out.append(pd.DataFrame({"index": robust_df["index"].to_numpy(), "selector": spec.name,
-                                 "h_adv_wrong": np.concatenate([f for f, _ in parts]),
-                                 "h_adv_pred": np.concatenate([h for _, h in parts])}))
-    return pd.concat(out, ignore_index=True)
+    done = by_set([(spec.name, k, r) for spec, k, r in pieces],
+                  pmap(run, pieces, desc="attack on H", device=model_device(robust_model)))
+    return pd.concat([pd.DataFrame({"index": robust_df["index"].to_numpy(), "selector": spec.name,
+                                    "h_adv_wrong": np.concatenate([f for f, _ in done[spec.name]]),
+                                    "h_adv_pred": np.concatenate([h for _, h in done[spec.name]])})
+                      for spec in specs], ignore_index=True)

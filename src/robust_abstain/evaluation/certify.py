@@ -5,6 +5,7 @@ killed run resumes where it stopped and ends with the file an uninterrupted run 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -135,7 +136,7 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
     done_set = set(done["index"].tolist())
     todo = [j for j, i in enumerate(idx.tolist()) if i not in done_set]
 
-    def group(g: int) -> pd.DataFrame:
+    def certify_group(g: int) -> pd.DataFrame:
         pos = torch.tensor(todo[g:g + points_per_call])
         xs = x[pos]
         conf, pred = _clean_predictions(smooth.base_classifier, xs, batch_size)
@@ -147,9 +148,10 @@ def certify_dataset(smooth: Smooth, x: torch.Tensor, y: torch.Tensor,
 
     # groups of points in worker processes (noise is per point, so any split certifies alike),
     # appended here in order as they finish
+    groups = pimap(certify_group, range(0, len(todo), points_per_call), device=x.device)
     with open(partial, "a") as f, tqdm(total=len(idx), initial=len(idx) - len(todo), desc="certify",
-                                       unit="pt", disable=not progress) as bar:
-        for rows in pimap(group, range(0, len(todo), points_per_call), device=x.device):
+                                       unit="pt", disable=not progress) as bar, contextlib.closing(groups):
+        for rows in groups:
             rows.to_csv(f, header=False, index=False)
             f.flush()
             os.fsync(f.fileno())

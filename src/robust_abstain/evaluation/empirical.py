@@ -26,7 +26,7 @@ from ..attacks.autoattack import AttackBudget, attack_predictions
 from ..attacks.common import model_device
 from ..attacks.registry import PAPER_DEFAULT, ROBUSTNESS
 from ..errors import ParamError
-from ..parallel import chunks, piece_seed, pmap
+from ..parallel import by_set, piece_seed, pmap, set_pieces
 from ..params import Section, choice, count, non_negative, scales
 
 
@@ -80,12 +80,13 @@ class EvaluateConfig(Section):
 
 def check_same_threat_model(strong: EvaluateConfig, ev: EvaluateConfig, strong_key: str = "evaluate_strong",
                             ev_key: str = "evaluate") -> None:
-    """``strong`` re-runs ``ev``'s APGD-CE with further attacks after it (reports/strength.md): its
-    threat model and APGD-CE budget must be ``ev``'s, or it answers another question."""
+    """``strong`` adds further attacks after ``ev``'s APGD-CE, whose verdicts it reuses
+    (reports/strength.md): its threat model and APGD-CE budget must be ``ev``'s, or it answers
+    another question."""
     for key in ("norm", "eps", "steps", "restarts", "seed"):
         if getattr(strong, key) != getattr(ev, key):
             raise ParamError(f"{strong_key}.{key} is {getattr(strong, key)!r} but {ev_key}.{key} is "
-                             f"{getattr(ev, key)!r}: the stronger attack must re-run the records' APGD-CE")
+                             f"{getattr(ev, key)!r}: the stronger attacks follow the records' own APGD-CE")
 
 
 def check_attack_list(attacks: Sequence[str], key: str) -> list[str]:
@@ -274,7 +275,7 @@ def records_in_pieces(model: nn.Module, sets: Mapping[str, PointSet], eps: float
     (:func:`~..parallel.piece_seed`): the records depend on ``batch_size``, never on the number of
     workers. Rows keep the sets' order. A set's ``known`` columns (e.g. :data:`REUSED` of earlier
     records, for a stronger list after the records' APGD-CE) are taken as they are."""
-    pieces = [(name, k, r) for name, ps in sets.items() for k, r in enumerate(chunks(len(ps.y), budget.batch_size))]
+    pieces = set_pieces({name: len(ps.y) for name, ps in sets.items()}, budget.batch_size)
 
     def run(piece: tuple[str, int, range]) -> Evaluated:
         name, k, r = piece
@@ -286,10 +287,6 @@ def records_in_pieces(model: nn.Module, sets: Mapping[str, PointSet], eps: float
                                known=known)
         return Evaluated(df, cost)
 
-    done = pmap(run, pieces, desc=desc, device=model_device(model))
-    out = {}
-    for name in sets:
-        parts = [d for (n, _, _), d in zip(pieces, done) if n == name]
-        out[name] = Evaluated(pd.concat([d.records for d in parts], ignore_index=True),
-                              _sum_costs([d.cost for d in parts]))
-    return out
+    done = by_set(pieces, pmap(run, pieces, desc=desc, device=model_device(model)))
+    return {name: Evaluated(pd.concat([d.records for d in parts], ignore_index=True),
+                            _sum_costs([d.cost for d in parts])) for name, parts in done.items()}

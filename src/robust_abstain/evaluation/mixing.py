@@ -45,7 +45,7 @@ from ..attacks.common import model_device
 from ..errors import DataError, ParamError
 from ..params import Section, choice, count, number, positive, probability
 from ..models.mixing import ATTACK_VIEWS, CORE_PROBS, LinearMix, NutsMix, nuts_transform
-from ..parallel import chunks, piece_seed, pmap
+from ..parallel import by_set, chunks, piece_seed, pmap, set_pieces
 from .empirical import EvaluateConfig, PointSet, attack_list, natural
 
 #: the numerically safe ceiling of a cutoff (MixedNUTS's own: 1 - alpha must not vanish)
@@ -173,7 +173,7 @@ def choice_logits(robust: nn.Module, x: torch.Tensor, y: torch.Tensor, ecfg: Eva
         return APGD(robust, norm=ecfg.norm, eps=ecfg.eps, steps=ecfg.steps, restarts=ecfg.restarts,
                     objective="ce", seed=piece_seed(seed, k), batch_size=b).run(x[r.start:r.stop],
                                                                                 y[r.start:r.stop])[1].cpu()
-    attacked = torch.cat(pmap(attack, enumerate(chunks(len(y), b)), desc="MixedNUTS choice"))
+    attacked = torch.cat(pmap(attack, enumerate(chunks(len(y), b)), desc="MixedNUTS choice", device=dev))
     y = y.cpu()
     return attacked[attacked.argmax(1) == y], clean[clean.argmax(1) != y]
 
@@ -249,11 +249,11 @@ def mixing_records(points: list[FrontPoint], sets: Mapping[str, PointSet], ecfg:
     ``method`` and ``alpha`` columns. The points are attacked in pieces of ``ecfg.batch_size``, piece
     ``k`` of each set with the seed of piece ``k`` (:func:`~..parallel.piece_seed`), spread over
     worker processes: the records do not depend on the number of workers."""
-    pieces = [(name, j, k, r) for name, ps in sets.items() for j in range(len(points))
-              for k, r in enumerate(chunks(len(ps.y), ecfg.batch_size))]
+    pieces = set_pieces({name: len(ps.y) for name, ps in sets.items()}, ecfg.batch_size)
+    jobs = [(j, piece) for piece in pieces for j in range(len(points))]
 
-    def run(piece: tuple[str, int, int, range]) -> pd.DataFrame:
-        name, j, k, r = piece
+    def run(job: tuple[int, tuple[str, int, range]]) -> pd.DataFrame:
+        j, (name, k, r) = job
         ps, at = sets[name], slice(r.start, r.stop)
         df = eps_records(points[j].views, ps.x[at], ps.y[at], ps.index[at],
                          replace(ecfg, seed=piece_seed(ecfg.seed, k)))
@@ -261,6 +261,7 @@ def mixing_records(points: list[FrontPoint], sets: Mapping[str, PointSet], ecfg:
         df.insert(0, "method", points[j].method)
         return df
 
-    done = pmap(run, pieces, desc="mixtures")
-    return {name: pd.concat([d for (n, *_), d in zip(pieces, done) if n == name], ignore_index=True)
+    done = pmap(run, jobs, desc="mixtures", device=model_device(points[0].views[0]) if points else None)
+    frames = by_set([(f"{name}/{j}", k, r) for j, (name, k, r) in jobs], done)   # rows: front point, then piece
+    return {name: pd.concat([d for j in range(len(points)) for d in frames[f"{name}/{j}"]], ignore_index=True)
             for name in sets}

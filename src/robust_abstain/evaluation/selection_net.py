@@ -192,7 +192,7 @@ def lowest_score(net: nn.Module, x: torch.Tensor, eps: float, steps: int, restar
     norm = choice(norm, "norm", NORMS)
     count(restarts, "restarts", min=0)
 
-    def piece(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:   # batch i: seeded by i alone
+    def piece(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:   # the batch from i, seeded (seed, i)
         xb = x[i:i + batch_size]
         with torch.no_grad():
             z0 = logit(net, xb)

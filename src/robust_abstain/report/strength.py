@@ -3,9 +3,10 @@ points each further attack of the list (APGD-T, FAB-T, Square, in the list's ord
 APGD-CE and the attacks before it left robust, what robust accuracy under APGD-CE alone and under
 the whole list are (with the paired difference), and what each attack cost.
 
-Input: records of the ``evaluate_strong`` section (the list run on a subset of test points, each
-attack only on the survivors: records.py) and the cost of each attack (model evaluations on that
-subset). Nothing here attacks."""
+Input: records of the ``evaluate_strong`` section (the list on a subset of test points after the
+evaluate records' own APGD-CE verdicts, each attack only on the survivors: records.py) and the cost
+of each attack (model evaluations per point it attacked: APGD-CE's over all the test points, the
+others' over the subset). Nothing here attacks."""
 
 from __future__ import annotations
 

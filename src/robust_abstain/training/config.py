@@ -37,8 +37,8 @@ class TrainConfig(Section):
     device: str = "auto"           # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
     amp: str = "none"              # "none" | "bf16" | "fp16": autocast of the training loss only
     workers: int = 0               # DataLoader worker processes preparing (augmenting) batches
-    shards: int = 1                # a batch's gradient summed over this many shards, each with its own
-                                   # draws, spread over worker processes (training/shards.py)
+    batch_splits: int = 1          # a batch's gradient summed over this many splits, each with its own
+                                   # draws, spread over worker processes (training/data_parallel.py)
 
     def validate(self, prefix: str) -> None:
         count(self.epochs, f"{prefix}.epochs")
@@ -65,10 +65,10 @@ class TrainConfig(Section):
         count(self.seed, f"{prefix}.seed", min=0)
         choice(self.amp, f"{prefix}.amp", list(AMP))
         count(self.workers, f"{prefix}.workers", min=0)
-        count(self.shards, f"{prefix}.shards")
-        if self.shards > 1 and self.amp == "fp16":
-            raise ParamError(f"{prefix}.shards > 1 does not work with amp: fp16 (its gradient scaler); "
-                             f"use bf16 or one shard")
+        count(self.batch_splits, f"{prefix}.batch_splits")
+        if self.batch_splits > 1 and self.amp == "fp16":
+            raise ParamError(f"{prefix}.batch_splits > 1 does not work with amp: fp16 (its gradient scaler); "
+                             f"use bf16 or one split")
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,12 @@ from ..device import resolve_device
 from ..errors import TrainingDivergedError
 from ..io import save_checkpoint
 from ..losses import LossConfig, LossFn, Stats, get_loss
-from ..parallel import THREADS, threads, worker_count
+from ..parallel import piece_threads, threads, worker_count
 from .batches import (GLOBAL, EpochBatches, batch_seed, epoch_streams, global_rngs_restored, iterate_batches,
                       seed_global_rngs, seeded_subset)
 from .config import AMP, TrainConfig, budget, lr_at, make_optimizer
 from .resume import _kill_point, _resume, resume_key
-from .shards import ShardGroup, shard_workers, sharded_step
+from .data_parallel import Replicas, replica_workers, split_step
 from .validate import _score, validate
 
 
@@ -87,16 +87,16 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, lo
 
 def batch_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, loss_cfg: LossConfig,
                x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, epoch: int, batch: int,
-               loss_g: torch.Generator | None, group: ShardGroup | None = None,
+               loss_g: torch.Generator | None, replicas: Replicas | None = None,
                amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None
                ) -> tuple[float, Stats]:
-    """Step ``batch`` of epoch ``epoch`` on ``(x, y)``: with one shard :func:`train_step` (the loss
+    """Step ``batch`` of epoch ``epoch`` on ``(x, y)``: with one split :func:`train_step` (the loss
     drawing from the epoch's ``loss_g``, the global RNGs seeded per batch), else
-    :func:`~.shards.sharded_step` over ``cfg.shards`` shards (this process's of ``group``).
-    Returns (loss, stats)."""
-    if cfg.shards > 1:
-        return sharded_step(model, opt, loss_fn, loss_cfg, x, y, cfg.shards, cfg.seed, epoch, batch,
-                            group or ShardGroup(), amp_dtype)
+    :func:`~.data_parallel.split_step` over ``cfg.batch_splits`` splits (this process's share of
+    ``replicas``). Returns (loss, stats)."""
+    if cfg.batch_splits > 1:
+        return split_step(model, opt, loss_fn, loss_cfg, x, y, cfg.batch_splits, cfg.seed, epoch, batch,
+                          replicas or Replicas(), amp_dtype)
     seed_global_rngs(batch_seed(cfg.seed, epoch, batch, GLOBAL), x.device)
     loss, stats = train_step(model, opt, loss_fn, loss_cfg, x, y, loss_g, amp_dtype, scaler)
     return loss.item(), stats
@@ -105,16 +105,16 @@ def batch_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, lo
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, loss_cfg: LossConfig,
                  train: TensorDataset, cfg: TrainConfig, epoch: int, device: torch.device,
                  amp_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None, desc: str,
-                 state_path: Path, max_batches: int | None = None, group: ShardGroup | None = None
+                 state_path: Path, max_batches: int | None = None, replicas: Replicas | None = None
                  ) -> dict[str, float]:
     """Epoch ``epoch`` (0-based) of :func:`fit`; returns the mean of each training stat.
 
     Its randomness depends only on (seed, epoch, batch): the data order comes from a CPU generator
-    seeded from (seed, epoch); with one shard the loss draws from that generator, after the
+    seeded from (seed, epoch); with one split the loss draws from that generator, after the
     permutation, on CPU, and from one with the same seed on another ``device``, and the global RNGs
-    are seeded per batch; with ``cfg.shards`` > 1 each shard of a batch has its own streams
-    (:func:`~.shards.sharded_step`, this process's shards of ``group``). ``max_batches`` keeps the
-    epoch's first batches only (same order and draws as a whole epoch)."""
+    are seeded per batch; with ``cfg.batch_splits`` > 1 each split of a batch has its own streams
+    (:func:`~.data_parallel.split_step`, this process's share of ``replicas``). ``max_batches`` keeps
+    the epoch's first batches only (same order and draws as a whole epoch)."""
     for param_group in opt.param_groups:
         param_group["lr"] = lr_at(cfg, epoch)
     x, y = train.tensors
@@ -128,11 +128,11 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: LossFn, 
     bar = tqdm(enumerate(iterate_batches(batches, cfg.workers, device)), total=len(batches),
                desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
     for b, (xb, yb) in bar:
-        if kill_at == (epoch + 1, b + 1) and (group is None or group.rank == 0):
+        if kill_at == (epoch + 1, b + 1) and (replicas is None or replicas.rank == 0):
             os.kill(os.getpid(), signal.SIGKILL)
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         try:
-            loss, stats = batch_step(model, opt, loss_fn, loss_cfg, xb, yb, cfg, epoch, b, loss_g, group,
+            loss, stats = batch_step(model, opt, loss_fn, loss_cfg, xb, yb, cfg, epoch, b, loss_g, replicas,
                                      amp_dtype, scaler)
         except TrainingDivergedError as e:
             raise TrainingDivergedError(
@@ -166,9 +166,9 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
     ``cfg.workers``: processes that prepare (gather and augment) the batches ahead of the model
     step; the weights do not depend on it (see :class:`EpochBatches`).
 
-    ``cfg.shards`` > 1: each batch's gradient is the sum over that many shards, computed by
+    ``cfg.batch_splits`` > 1: each batch's gradient is the sum over that many splits, computed by
     :func:`~robust_abstain.parallel.worker_count` processes at one thread each (forked here, at most
-    one per shard); the weights do not depend on the number of processes (:mod:`.shards`).
+    one per split); the weights do not depend on the number of processes (:mod:`.data_parallel`).
 
     The initial model is validated as epoch 0 (``history[0]``). With ``fine_tune`` it is also a
     candidate of selection, so a fine-tune that only makes the validation criterion worse keeps the
@@ -195,21 +195,21 @@ def fit(model: nn.Module, loss_cfg: LossConfig, train: TensorDataset, val: Tenso
     start, history, best, best_score = st["epoch"], st["history"], st["best"], st["best_score"]
     init_nat = history[0]["val_nat_acc"]
 
-    def epoch_of(e: int, group: ShardGroup) -> dict[str, float]:
+    def epoch_of(e: int, replicas: Replicas) -> dict[str, float]:
         last = e == plan.epochs - 1
         return _train_epoch(model, opt, loss_fn, loss_cfg, train, plan, e, device, amp_dtype, scaler, desc,
-                            state_path, plan.last_batches if last else None, group)
+                            state_path, plan.last_batches if last else None, replicas)
 
-    def follow(group: ShardGroup) -> None:   # a shard worker: its share of every remaining step
+    def follow(replicas: Replicas) -> None:   # a worker: its share of every remaining step
         for e in range(start, plan.epochs):
-            epoch_of(e, group)
+            epoch_of(e, replicas)
 
-    world = min(worker_count(device), plan.shards) if start < plan.epochs else 1
-    # shards are computed at one thread, in whichever process (the weights do not depend on the workers)
-    with global_rngs_restored(device), shard_workers(world, follow) as group, \
-            threads(THREADS) if plan.shards > 1 else contextlib.nullcontext():
+    world = min(worker_count(device), plan.batch_splits) if start < plan.epochs else 1
+    # splits are computed at one thread, in whichever process (the weights do not depend on the workers)
+    with global_rngs_restored(device), replica_workers(world, follow) as replicas, \
+            threads(piece_threads()) if plan.batch_splits > 1 else contextlib.nullcontext():
         for epoch in range(start, plan.epochs):
-            metrics = epoch_of(epoch, group)
+            metrics = epoch_of(epoch, replicas)
             metrics.update(validate(model, val, loss_cfg, seed=cfg.seed + 7, device=device))
             metrics["lr"] = lr_at(plan, epoch)
             score = _score(metrics, cfg.select, epoch)
